@@ -1,0 +1,76 @@
+import pytest
+
+from sync.errors import ConfigurationError
+from sync.settings import DEFAULT_SCHEDULE, Settings
+
+GOOD = {
+    "BC_API_BASE_URL": "https://api.businesscentral.dynamics.com/v2.0/contoso.com/Production/api/v2.0",
+    "BC_COMPANY_ID": "F64EBA74-DACD-4854-A584-1834F68CFC3A",
+    "DATAVERSE_URL": "https://contoso.crm4.dynamics.com/",
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+}
+
+
+def test_good_settings_are_normalised():
+    s = Settings.from_env(GOOD)
+    assert s.bc_company_id == "f64eba74-dacd-4854-a584-1834f68cfc3a"
+    assert s.dataverse_url == "https://contoso.crm4.dynamics.com"
+    assert s.dataverse_api_url == "https://contoso.crm4.dynamics.com/api/data/v9.2"
+    assert s.dataverse_scope == "https://contoso.crm4.dynamics.com/.default"
+    assert s.bc_scope == "https://api.businesscentral.dynamics.com/.default"
+    assert s.storage_connection == "UseDevelopmentStorage=true"  # falls back to AzureWebJobsStorage
+    assert s.sync_schedule == DEFAULT_SCHEDULE
+    assert s.local_dev_token is None
+
+
+@pytest.mark.parametrize("name, value", [
+    ("BC_API_BASE_URL", None),
+    ("BC_API_BASE_URL", "https://api.businesscentral.dynamics.com/v2.0/t/e/api/v1.0"),
+    ("BC_API_BASE_URL", "http://api.businesscentral.dynamics.com/v2.0/t/e/api/v2.0"),
+    ("BC_API_BASE_URL", "not a url"),
+    ("BC_COMPANY_ID", None),
+    ("BC_COMPANY_ID", "CRONUS"),
+    ("DATAVERSE_URL", None),
+    ("DATAVERSE_URL", "https://contoso.crm.dynamics.com/api/data/v9.2"),
+    ("DATAVERSE_URL", "https://contoso.crm.dynamics.com?x=1"),
+    ("SYNC_SCHEDULE", "*/5 * * * *"),
+    ("SYNC_TABLE_PREFIX", "1bad-prefix"),
+])
+def test_a_wrong_or_missing_setting_is_named(name, value):
+    env = dict(GOOD)
+    if value is None:
+        env.pop(name, None)
+    else:
+        env[name] = value
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env(env)
+    assert info.value.setting == name
+    assert name in str(info.value)
+
+
+def test_missing_storage_names_the_setting():
+    env = dict(GOOD)
+    env.pop("AzureWebJobsStorage")
+    with pytest.raises(ConfigurationError, match="SYNC_STORAGE_CONNECTION"):
+        Settings.from_env(env)
+
+
+def test_local_dev_token_is_refused_unless_both_apis_are_on_loopback():
+    env = dict(GOOD, LOCAL_DEV_TOKEN="secret")
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env(env)
+    assert info.value.setting == "LOCAL_DEV_TOKEN"
+    env["BC_API_BASE_URL"] = "http://127.0.0.1:8080/v2.0/t/e/api/v2.0"
+    with pytest.raises(ConfigurationError):  # Dataverse still remote
+        Settings.from_env(env)
+    env["DATAVERSE_URL"] = "http://localhost:8081"
+    assert Settings.from_env(env).local_dev_token == "secret"
+
+
+def test_settings_are_not_read_at_import():
+    import importlib
+    import sys
+
+    for mod in [m for m in sys.modules if m in ("function_app", "api.meta")]:
+        del sys.modules[mod]
+    importlib.import_module("function_app")  # no settings in this environment: must still import
