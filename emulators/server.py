@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 DEFAULT_TOKEN = "local-dev-token"
 
@@ -62,12 +62,13 @@ class Request:
 
     @property
     def query(self) -> dict[str, str]:
-        """Query parameters, each decoded exactly once (a ``+`` stays a ``+``, like OData services)."""
+        """Query parameters, each decoded exactly once; a raw ``+`` is a space (apis.md Part D: encode ``+`` as
+        ``%2B``), which is also how httpx encodes spaces."""
         raw = urlsplit(self.target).query
         out: dict[str, str] = {}
         for part in raw.split("&") if raw else []:
             name, _, value = part.partition("=")
-            out[unquote(name)] = unquote(value)
+            out[unquote_plus(name)] = unquote_plus(value)
         return out
 
     def json(self) -> Any:
