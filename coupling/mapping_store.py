@@ -15,7 +15,8 @@ from azure.data.tables import UpdateMode
 
 from sync.errors import RequestError
 
-from .tables import StaleEtag, TableNames, TableService, encode_key_part
+from .keys import encode_key_part
+from .tables import StaleEtag, TableNames, TableService
 
 __all__ = ["MappingSettingsStore", "MappingSettingsChanged", "MAX_OVERRIDES_CHARS"]
 

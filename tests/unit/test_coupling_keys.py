@@ -9,10 +9,11 @@ import pytest
 from coupling.store import (
     MAX_ERROR_CHARS, Coupling, bc_row_key, dataverse_row_key, mapping_from_partition_key, partition_key,
 )
-from coupling.tables import (
-    MAX_KEY_CHARS, TableNames, TableService, check_key, decode_continuation, decode_key_part,
-    encode_continuation, encode_key_part, normalize_guid,
+from coupling.keys import (
+    MAX_KEY_CHARS, check_key, decode_continuation, decode_key_part, encode_continuation, encode_key_part,
+    normalize_guid,
 )
+from coupling.tables import TableNames, TableService
 from sync.errors import ConfigurationError, RequestError
 
 FORBIDDEN = re.compile(r"[/\\#?%'\x00-\x1f\x7f-\x9f]")
