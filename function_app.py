@@ -5,9 +5,9 @@ function. Settings are read at first use (``sync.settings.get_settings``).
 """
 import azure.functions as func
 
-from api import meta
+from api import couplings, mappings, meta
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
-for blueprint in (meta.bp,):
+for blueprint in (meta.bp, mappings.bp, couplings.bp):
     app.register_functions(blueprint)

@@ -40,6 +40,7 @@ def _status_for(exc: errors.SyncError) -> int:
         (errors.Unprocessable, 422),
         (errors.Unauthorized, 401),
         (errors.RequestError, 400),
+        (errors.NotSupported, 501),
         (errors.ConfigurationError, 503),
         (errors.UpstreamThrottled, 503),
         (errors.UpstreamNotFound, 404),

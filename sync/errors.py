@@ -44,6 +44,12 @@ class Unauthorized(RequestError):
     code = "Unauthorized"
 
 
+class NotSupported(SyncError):
+    """The request is valid but asks for something this version does not do (HTTP 501)."""
+
+    code = "NotImplemented"
+
+
 # --- errors of our own setup --------------------------------------------------------------------------
 class ConfigurationError(SyncError):
     """A setting is missing or wrong. Always names the setting."""

@@ -7,8 +7,9 @@ import azure.functions as func
 import jsonschema
 import pytest
 
-import function_app
 from api import openapi
+
+from .conftest import registered_functions
 
 PROPER_NOUNS = {"Business", "Central", "BC", "Dataverse", "Sales", "OpenAPI", "ID"}
 SCHEMA_DIR = Path(__file__).resolve().parents[3] / "shared" / "reference" / "connector"
@@ -16,7 +17,7 @@ SCHEMA_DIR = Path(__file__).resolve().parents[3] / "shared" / "reference" / "con
 
 def _registered_routes() -> set[tuple[str, str]]:
     routes = set()
-    for fn in function_app.app.get_functions():
+    for fn in registered_functions().values():
         for raw in fn.get_raw_bindings():
             binding = json.loads(raw)
             if binding["type"] == "httpTrigger":
@@ -39,7 +40,8 @@ def function_app_openapi(req):
 
 
 def test_every_registered_route_is_described_and_nothing_else():
-    assert openapi.declared_routes() == _registered_routes()
+    registered = _registered_routes()  # imports the app, which declares the operations
+    assert openapi.declared_routes() == registered
 
 
 def _connector_schema() -> dict:
@@ -89,7 +91,8 @@ def _walk_schema(schema, where, defs, seen=None):
             yield from _walk_schema(defs[name], f"definitions/{name}", defs, seen)
         return
     for name, sub in (schema.get("properties") or {}).items():
-        yield f"{where}.{name}", sub
+        # A $ref property carries its title and description in the definition it points to.
+        yield f"{where}.{name}", defs[sub["$ref"].rsplit("/", 1)[1]] if "$ref" in sub else sub
         yield from _walk_schema(sub, f"{where}.{name}", defs, seen)
     if "items" in schema:
         yield from _walk_schema(schema["items"], f"{where}[]", defs, seen)

@@ -67,10 +67,17 @@ def test_local_dev_token_is_refused_unless_both_apis_are_on_loopback():
     assert Settings.from_env(env).local_dev_token == "secret"
 
 
-def test_settings_are_not_read_at_import():
-    import importlib
+def test_the_app_imports_and_lists_its_functions_without_any_setting():
+    """A setting read at import time would make the Functions host hide every function."""
+    import os
+    import subprocess
     import sys
+    from pathlib import Path
 
-    for mod in [m for m in sys.modules if m in ("function_app", "api.meta")]:
-        del sys.modules[mod]
-    importlib.import_module("function_app")  # no settings in this environment: must still import
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("BC_", "DATAVERSE_", "SYNC_", "LOCAL_DEV", "AzureWebJobs"))}
+    proc = subprocess.run([sys.executable, "-c", "import function_app; print(len(function_app.app.get_functions()))"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.strip()) >= 2

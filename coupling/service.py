@@ -1,0 +1,416 @@
+"""Coupling services: BC's "Set Up Coupling", "Create New", match-based coupling and "Delete Coupling".
+
+They orchestrate the API clients and the coupling store (``sync.runtime.Runtime``); the decisions themselves
+(filters, match keys) are pure. Every client error is raised before anything is written.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from sync import errors, odata
+from sync.mappings import BC, DATAVERSE, MatchCriterion, TableMapping
+from sync.runtime import Runtime
+
+from .model import Coupling
+from .store import CouplingExists
+
+log = logging.getLogger(__name__)
+
+WRITE_CONCURRENCY = 16
+"""Coupling writes in flight at once (Table Storage transactions)."""
+ID_CHUNK = 100
+"""Ids per coupling-store or API lookup round."""
+
+ZERO_GUID = "00000000-0000-0000-0000-000000000000"
+
+
+# --- JSON forms ----------------------------------------------------------------------------------------------------
+def coupling_json(c: Coupling) -> dict[str, Any]:
+    """A coupling as the API returns it (BC's CRM Integration Record, in BC's words)."""
+    return {
+        "mapping": c.mapping,
+        "bcId": c.bc_id,
+        "dataverseId": c.dataverse_id,
+        "coupledAt": c.coupled_at,
+        "skipped": c.skipped,
+        "lastSynchModifiedOn": c.bc_modified_on,
+        "lastSynchDataverseModifiedOn": c.dataverse_modified_on,
+        "lastSynchToIntegrationTable": {"result": c.to_result, "jobId": c.to_job_id},
+        "lastSynchFromIntegrationTable": {"result": c.from_result, "jobId": c.from_job_id},
+        "lastError": c.last_error,
+    }
+
+
+def _require_record_mapping(mapping: TableMapping) -> None:
+    if mapping.is_option_mapping:
+        raise errors.Unprocessable(
+            f"Table mapping {mapping.name} is an option mapping: it couples BC records with option values of "
+            f"{mapping.dataverse_table}.{mapping.dataverse_primary_id}, which this operation does not handle.",
+            code="OptionMapping", details={"mapping": mapping.name})
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --- couple an existing pair ----------------------------------------------------------------------------------------
+async def read_pair(rt: Runtime, mapping: TableMapping, bc_id: str, dataverse_id: str) -> tuple[dict, dict]:
+    """Both records, or a 404 naming the side that is missing."""
+    bc_rec, dv_row = await asyncio.gather(
+        rt.bc.get_or_none(mapping.bc_entity_set, bc_id),
+        rt.dataverse.get_or_none(mapping.dataverse_entity_set, dataverse_id, select=mapping.dataverse_select()),
+    )
+    missing = []
+    if bc_rec is None:
+        missing.append(f"Business Central {mapping.bc_entity_set} record {bc_id}")
+    if dv_row is None:
+        missing.append(f"Dataverse {mapping.dataverse_table} row {dataverse_id}")
+    if missing:
+        raise errors.NotFound(" and ".join(missing) + (" does not exist." if len(missing) == 1 else " do not exist."),
+                              code="RecordNotFound",
+                              details={"bcMissing": bc_rec is None, "dataverseMissing": dv_row is None})
+    return bc_rec, dv_row
+
+
+def check_filters(mapping: TableMapping, bc_rec: dict | None, dv_row: dict | None) -> None:
+    """BC's "The filters applied to table mapping X are preventing ... from displaying" as a 422."""
+    problems = []
+    if bc_rec is not None and not mapping.table_filter.matches(bc_rec):
+        problems.append(("tableFilter", f"Business Central record {bc_rec.get('id')}",
+                         mapping.table_filter.describe_failures(bc_rec)))
+    if dv_row is not None and not mapping.integration_table_filter.matches(dv_row):
+        problems.append(("integrationTableFilter",
+                         f"Dataverse {mapping.dataverse_table} row {dv_row.get(mapping.dataverse_primary_id)}",
+                         mapping.integration_table_filter.describe_failures(dv_row)))
+    if problems:
+        text = "; ".join(f"{what} fails the {name} ({why})" for name, what, why in problems)
+        raise errors.Unprocessable(
+            f"The filters applied to table mapping {mapping.name} are preventing the coupling: {text}.",
+            code="OutsideFilter", details={"filters": [name for name, _, _ in problems]})
+
+
+async def couple_existing(rt: Runtime, mapping: TableMapping, bc_id: str, dataverse_id: str) -> tuple[Coupling, bool]:
+    """Couple two existing records. Returns ``(coupling, created)``; repeating the same request returns the same
+    coupling with ``created`` False, so a retried call is harmless."""
+    _require_record_mapping(mapping)
+    bc_rec, dv_row = await read_pair(rt, mapping, bc_id, dataverse_id)
+    check_filters(mapping, bc_rec, dv_row)
+    try:
+        return await rt.couplings.create(Coupling(mapping.name, bc_id, dataverse_id, coupled_at=_now())), True
+    except CouplingExists as exc:
+        existing = exc.existing
+        if existing.bc_id == bc_id and existing.dataverse_id == dataverse_id:
+            return existing, False
+        raise already_coupled(mapping, exc) from None
+
+
+def already_coupled(mapping: TableMapping, exc: CouplingExists) -> errors.Conflict:
+    e = exc.existing
+    if exc.side == "bc":
+        text = (f"Business Central record {e.bc_id} is already coupled to Dataverse {mapping.dataverse_table} "
+                f"row {e.dataverse_id} in table mapping {mapping.name}.")
+    else:
+        text = (f"Cannot couple to Dataverse {mapping.dataverse_table} row {e.dataverse_id}, because it is already "
+                f"coupled to Business Central record {e.bc_id} in table mapping {mapping.name}.")
+    return errors.Conflict(text, code="AlreadyCoupled", details={"coupling": coupling_json(e)})
+
+
+# --- look up ----------------------------------------------------------------------------------------------------------
+async def get_coupling(rt: Runtime, mapping: TableMapping, *, bc_id: str | None = None,
+                       dataverse_id: str | None = None) -> Coupling:
+    if bc_id is not None:
+        found = await rt.couplings.get_by_bc(mapping.name, bc_id)
+        what = f"Business Central record {bc_id}"
+    else:
+        found = await rt.couplings.get_by_dataverse(mapping.name, dataverse_id)  # type: ignore[arg-type]
+        what = f"Dataverse row {dataverse_id}"
+    if found is None:
+        raise errors.NotFound(f"{what} is not coupled in table mapping {mapping.name}.", code="NotCoupled")
+    return found
+
+
+# --- match-based coupling --------------------------------------------------------------------------------------------
+def _match_value(value: Any, case_sensitive: bool) -> Any:
+    """Normalised match key part; None for blank (blank values are never used as criteria, like BC)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text or text == ZERO_GUID:
+            return None
+        return text if case_sensitive else text.casefold()
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return str(value)
+
+
+def _dv_property(mapping: TableMapping, criterion: MatchCriterion) -> str:
+    fm = mapping.field_mapping(criterion.bc_field, criterion.dataverse_column)
+    prop = fm.dataverse_read_property if fm else None
+    return prop or criterion.dataverse_column
+
+
+@dataclass
+class _Group:
+    """One priority group: the Dataverse rows' normalised values, and indexes built per non-blank subset."""
+
+    priority: int
+    criteria: tuple[MatchCriterion, ...]
+    rows: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    _indexes: dict[tuple[int, ...], dict[tuple, list[str]]] = field(default_factory=dict)
+
+    def index(self, positions: tuple[int, ...]) -> dict[tuple, list[str]]:
+        idx = self._indexes.get(positions)
+        if idx is None:
+            idx = {}
+            for row_id, values in self.rows:
+                key = tuple(values[i] for i in positions)
+                if any(v is None for v in key):
+                    continue
+                ids = idx.setdefault(key, [])
+                if len(ids) < 2:  # 0, 1 or "several" is all matching needs
+                    ids.append(row_id)
+            self._indexes[positions] = idx
+        return idx
+
+
+@dataclass
+class MatchOutcome:
+    bc_id: str
+    outcome: str
+    dataverse_id: str | None = None
+    priority: int | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"bcId": self.bc_id, "outcome": self.outcome}
+        if self.dataverse_id:
+            out["dataverseId"] = self.dataverse_id
+        if self.priority is not None:
+            out["priority"] = self.priority
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+OUTCOMES = ("coupled", "created", "alreadyCoupled", "unmatched", "failed", "notFound", "outsideFilter")
+
+
+@dataclass
+class MatchResult:
+    mapping: str
+    records: list[MatchOutcome] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        counts = {name: 0 for name in OUTCOMES}
+        for r in self.records:
+            counts[r.outcome] += 1
+        return counts
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mapping": self.mapping, "counts": self.counts(), "records": [r.to_json() for r in self.records]}
+
+
+async def _coupled_sets(rt: Runtime, mapping: str) -> tuple[set[str], set[str]]:
+    """Every coupled BC id and Dataverse id of the mapping, read page by page (O(N / 1000) requests)."""
+    bc_ids: set[str] = set()
+    dv_ids: set[str] = set()
+    async for page in rt.couplings.iter_all(mapping):
+        for c in page:
+            bc_ids.add(c.bc_id)
+            dv_ids.add(c.dataverse_id)
+    return bc_ids, dv_ids
+
+
+async def _index_dataverse(rt: Runtime, mapping: TableMapping,
+                           groups: list[tuple[int, tuple[MatchCriterion, ...]]]) -> list[_Group]:
+    built = [_Group(p, crit) for p, crit in groups]
+    props = [mapping.dataverse_primary_id]
+    for g in built:
+        props.extend(_dv_property(mapping, c) for c in g.criteria)
+    props.extend(mapping.integration_table_filter.fields())
+    select = list(dict.fromkeys(props))
+    flt = mapping.integration_table_filter.to_odata(DATAVERSE) or None
+    async for page in rt.dataverse.iter_pages(mapping.dataverse_entity_set, filter=flt, select=select,
+                                              page_size=5000):
+        for row in page:
+            row_id = str(row[mapping.dataverse_primary_id]).lower()
+            for g in built:
+                values = tuple(_match_value(row.get(_dv_property(mapping, c)), c.case_sensitive)
+                               for c in g.criteria)
+                if any(v is not None for v in values):
+                    g.rows.append((row_id, values))
+    return built
+
+
+async def _bc_pages(rt: Runtime, mapping: TableMapping, bc_ids: list[str] | None,
+                    result: MatchResult) -> Any:
+    """BC records to match, page by page: the given ids (missing ones reported) or every record in the Table
+    Filter."""
+    if bc_ids is None:
+        flt = mapping.table_filter.to_odata(BC) or None
+        async for page in rt.bc.iter_pages(mapping.bc_entity_set, filter=flt):
+            yield page
+        return
+    for start in range(0, len(bc_ids), 1000):
+        chunk = bc_ids[start:start + 1000]
+        found = await rt.bc.get_many(mapping.bc_entity_set, chunk)
+        page = []
+        for bc_id in chunk:
+            rec = found.get(bc_id)
+            if rec is None:
+                result.records.append(MatchOutcome(bc_id, "notFound",
+                                                   reason=f"Business Central {mapping.bc_entity_set} record "
+                                                          f"{bc_id} does not exist."))
+            elif not mapping.table_filter.matches(rec):
+                result.records.append(MatchOutcome(bc_id, "outsideFilter",
+                                                   reason=mapping.table_filter.describe_failures(rec)))
+            else:
+                page.append(rec)
+        yield page
+
+
+def _find_match(mapping: TableMapping, groups: list[_Group], rec: dict,
+                coupled_dv: set[str]) -> tuple[str | None, int | None, str]:
+    """(dataverse id, priority, reason if none): BC's algorithm of section 4.3, priority groups in order."""
+    reasons = []
+    for g in groups:
+        values = [_match_value(rec.get(c.bc_field), c.case_sensitive) for c in g.criteria]
+        positions = tuple(i for i, v in enumerate(values) if v is not None)
+        if not positions:
+            reasons.append(f"priority {g.priority}: no criterion value (blank)")
+            continue
+        ids = g.index(positions).get(tuple(values[i] for i in positions), [])
+        if not ids:
+            reasons.append(f"priority {g.priority}: no match")
+        elif len(ids) > 1:
+            reasons.append(f"priority {g.priority}: several matches")
+        elif ids[0] in coupled_dv:
+            reasons.append(f"priority {g.priority}: the match {ids[0]} is already coupled")
+        else:
+            return ids[0], g.priority, ""
+    return None, None, "No unique uncoupled match (" + "; ".join(reasons) + ")."
+
+
+async def match_couple(rt: Runtime, mapping: TableMapping, bc_ids: list[str] | None) -> MatchResult:
+    """Match-based coupling (BC section 4.3) of the given BC ids, or of every uncoupled record of the mapping.
+
+    Both sides are read page by page and the Dataverse side is indexed by match key, so the work is
+    O(N + M) with O(N / page size) list requests, never N x M.
+    """
+    _require_record_mapping(mapping)
+    groups = mapping.match_groups()
+    if not groups:
+        raise errors.Unprocessable(
+            f"You must specify which fields on the table mapping '{mapping.name}' should be used for match-based "
+            "coupling (matchCriteria).", code="NoMatchCriteria")
+    result = MatchResult(mapping.name)
+    (coupled_bc, coupled_dv), indexed = await asyncio.gather(
+        _coupled_sets(rt, mapping.name), _index_dataverse(rt, mapping, groups))
+    limiter = asyncio.Semaphore(WRITE_CONCURRENCY)
+
+    async def couple(rec_id: str, dv_id: str, priority: int) -> MatchOutcome:
+        async with limiter:
+            try:
+                await rt.couplings.create(Coupling(mapping.name, rec_id, dv_id, coupled_at=_now()))
+            except CouplingExists as exc:  # coupled meanwhile by another request
+                return MatchOutcome(rec_id, "unmatched", priority=priority,
+                                    reason=str(already_coupled(mapping, exc).message))
+            return MatchOutcome(rec_id, "coupled", dv_id, priority)
+
+    async for page in _bc_pages(rt, mapping, bc_ids, result):
+        pending = []
+        for rec in page:
+            rec_id = str(rec["id"]).lower()
+            if rec_id in coupled_bc:
+                result.records.append(MatchOutcome(rec_id, "alreadyCoupled"))
+                continue
+            dv_id, priority, reason = _find_match(mapping, indexed, rec, coupled_dv)
+            if dv_id is None:
+                result.records.append(MatchOutcome(rec_id, "unmatched", reason=reason))
+                continue
+            coupled_dv.add(dv_id)  # claimed: a later BC record can't take it in this run
+            coupled_bc.add(rec_id)
+            pending.append(couple(rec_id, dv_id, priority))  # type: ignore[arg-type]
+        result.records.extend(await asyncio.gather(*pending))
+    return result
+
+
+# --- uncouple ---------------------------------------------------------------------------------------------------------
+@dataclass
+class UncoupleResult:
+    mapping: str
+    uncoupled: int = 0
+    not_coupled: int = 0
+    child_contacts_uncoupled: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mapping": self.mapping, "uncoupled": self.uncoupled, "notCoupled": self.not_coupled,
+                "childContactsUncoupled": self.child_contacts_uncoupled}
+
+
+CONTACT_MAPPING = "CONTACT"
+
+
+async def _uncouple_child_contacts(rt: Runtime, account_ids: list[str]) -> int:
+    """Like BC: uncoupling an account also uncouples its coupled child contacts (parentcustomerid = account)."""
+    removed = 0
+    for start in range(0, len(account_ids), ID_CHUNK):
+        chunk = account_ids[start:start + ID_CHUNK]
+        flt = odata.any_of("_parentcustomerid_value", [odata.Guid(a) for a in chunk])
+        contact_ids = [str(r["contactid"]).lower() async for page in
+                       rt.dataverse.iter_pages("contacts", filter=flt, select=["contactid"]) for r in page]
+        if contact_ids:
+            found = await rt.couplings.get_many_by_dataverse(CONTACT_MAPPING, contact_ids)
+            if found:
+                removed += await rt.couplings.delete_many(CONTACT_MAPPING, found.values())
+    return removed
+
+
+async def uncouple(rt: Runtime, mapping: TableMapping, *, bc_ids: list[str] | None = None,
+                   dataverse_ids: list[str] | None = None, all_records: bool = False) -> UncoupleResult:
+    """Delete couplings (never data in BC or Dataverse)."""
+    result = UncoupleResult(mapping.name)
+    cascade = mapping.dataverse_table == "account" and not mapping.is_option_mapping
+
+    async def remove(couplings: Iterable[Coupling]) -> None:
+        couplings = list(couplings)
+        if not couplings:
+            return
+        result.uncoupled += await rt.couplings.delete_many(mapping.name, couplings)
+        if cascade:
+            result.child_contacts_uncoupled += await _uncouple_child_contacts(
+                rt, [c.dataverse_id for c in couplings])
+
+    if all_records:
+        # Collect first: deleting while paging would move the continuation under our feet.
+        batch: list[Coupling] = []
+        async for page in rt.couplings.iter_all(mapping.name):
+            batch.extend(page)
+        for start in range(0, len(batch), 1000):
+            await remove(batch[start:start + 1000])
+        return result
+    ids = bc_ids if bc_ids is not None else dataverse_ids or []
+    getter = rt.couplings.get_many_by_bc if bc_ids is not None else rt.couplings.get_many_by_dataverse
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start:start + 1000]
+        found = await getter(mapping.name, chunk)
+        result.not_coupled += len(chunk) - len(found)
+        await remove(found.values())
+    return result
+
+
+# --- create new (filled in below once the field transfer exists) ------------------------------------------------------
+async def create_new(rt: Runtime, mapping: TableMapping, *, bc_id: str | None,
+                     dataverse_id: str | None) -> tuple[Coupling, bool]:
+    raise errors.NotSupported("createNew is not available yet.")
+
+
+async def create_new_for_unmatched(rt: Runtime, mapping: TableMapping, result: MatchResult) -> None:
+    raise errors.NotSupported("createNewIfNoMatch is not available yet.")
