@@ -19,11 +19,14 @@ pick_python() {
   return 1
 }
 
+runs_313() { "$1" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 13) else 1)' >/dev/null 2>&1; }
+
 find_python313() {
-  if command -v python3.13 >/dev/null 2>&1; then command -v python3.13; return 0; fi
+  # A pyenv shim may exist on PATH without a selected 3.13: check that the candidate really runs.
+  if command -v python3.13 >/dev/null 2>&1 && runs_313 python3.13; then command -v python3.13; return 0; fi
   if command -v pyenv >/dev/null 2>&1; then
     for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.13(\.[0-9]+)?$' | sort -V -r); do
-      p=$(PYENV_VERSION="$v" pyenv which python3.13 2>/dev/null) && [ -x "$p" ] && { echo "$p"; return 0; }
+      p=$(PYENV_VERSION="$v" pyenv which python3.13 2>/dev/null) && [ -x "$p" ] && runs_313 "$p" && { echo "$p"; return 0; }
     done
   fi
   return 1

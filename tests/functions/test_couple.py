@@ -10,6 +10,10 @@ from sync.runtime import get_runtime
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
+# Fixed ids: parameters must be identical in every xdist worker.
+G1 = b"6f1c2a9e-3b4d-4e5f-8a7b-1c2d3e4f5a6b"
+G2 = b"7a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d"
+
 
 def _customer(bc, name="Couple Test Customer", **extra):
     return bc.create("customers", {"displayName": name, **extra})
@@ -106,19 +110,16 @@ async def test_concurrent_couple_requests_for_one_record_exactly_one_wins(app, b
     (b"{not json", 400, "InvalidJson"),
     (b"[]", 400, "InvalidJson"),
     (b"", 400, "EmptyBody"),
-    (b'{"mapping": "NOPE", "bcId": "%s", "dataverseId": "%s"}' % (str(uuid.uuid4()).encode(),
-                                                                 str(uuid.uuid4()).encode()), 400, "UnknownMapping"),
-    (b'{"mapping": "CUSTOMER", "bcId": "x\' or 1 eq 1", "dataverseId": "%s"}' % str(uuid.uuid4()).encode(),
+    (b'{"mapping": "NOPE", "bcId": "%s", "dataverseId": "%s"}' % (G1, G2), 400, "UnknownMapping"),
+    (b'{"mapping": "CUSTOMER", "bcId": "x\' or 1 eq 1", "dataverseId": "%s"}' % G1,
      400, "InvalidId"),
-    (b'{"mapping": "CUSTOMER", "bcId": "%s"}' % str(uuid.uuid4()).encode(), 400, "InvalidIds"),
+    (b'{"mapping": "CUSTOMER", "bcId": "%s"}' % G1, 400, "InvalidIds"),
     (b'{"mapping": "CUSTOMER"}', 400, "InvalidIds"),
     (b'{"mapping": "CUSTOMER", "createNew": true}', 400, "InvalidIds"),
-    (b'{"mapping": "CUSTOMER", "createNew": "yes", "bcId": "%s"}' % str(uuid.uuid4()).encode(), 400, "InvalidField"),
-    (b'{"mapping": 42, "bcId": "%s", "dataverseId": "%s"}' % (str(uuid.uuid4()).encode(),
-                                                             str(uuid.uuid4()).encode()), 400, "MissingField"),
+    (b'{"mapping": "CUSTOMER", "createNew": "yes", "bcId": "%s"}' % G1, 400, "InvalidField"),
+    (b'{"mapping": 42, "bcId": "%s", "dataverseId": "%s"}' % (G1, G2), 400, "MissingField"),
     (b'{"mapping": "CUSTOMER", "bcId": 12, "dataverseId": 13}', 400, "InvalidId"),
-    (b'{"mapping": "CUSTOMER", "bcId": "%s", "dataverseId": "%s", "extra": 1}' % (
-        str(uuid.uuid4()).encode(), str(uuid.uuid4()).encode()), 400, "UnknownField"),
+    (b'{"mapping": "CUSTOMER", "bcId": "%s", "dataverseId": "%s", "extra": 1}' % (G1, G2), 400, "UnknownField"),
     (b'{"mapping": "CUSTOMER", "syncAfterCoupling": "Sideways"}', 400, "InvalidField"),
     (b'{"mapping": "CUSTOMER", "pad": "' + b"x" * 300_000 + b'"}', 413, "PayloadTooLarge"),
 ])
