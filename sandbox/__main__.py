@@ -1,0 +1,152 @@
+"""Run the sandbox: Azurite + the BC and Dataverse emulators + the app, then print what the app did.
+
+    scripts/sandbox.sh            # the report
+    scripts/sandbox.sh --serve    # the report, then keep everything running and serve the app on 127.0.0.1:7071
+
+Everything runs on loopback with throw-away data; nothing is sent anywhere else.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+from emulators.azurite import Azurite
+from emulators.bc import BCEmulator
+from emulators.dataverse import DataverseEmulator
+from emulators.server import DEFAULT_TOKEN
+
+from .host import LocalHost, invoke, registered_functions
+
+COMPANY_ID = "f64eba74-dacd-4854-a584-1834f68cfc3a"
+WIDTH = 30
+
+
+class Report:
+    def __init__(self) -> None:
+        self.step = 0
+
+    def title(self, text: str) -> None:
+        print(f"\n{text}\n{'=' * len(text)}")
+
+    def line(self, label: str, text: str) -> None:
+        print(f"  {label:<{WIDTH}} {text}")
+
+    def section(self, text: str) -> None:
+        self.step += 1
+        print(f"\n{self.step}. {text}")
+
+
+async def _call(name: str, method: str = "GET", **kwargs):
+    resp = await invoke(name, method, **kwargs)
+    body = resp.get_body()
+    return resp.status_code, (json.loads(body) if body else None)
+
+
+def _check(status: int, body, expected: int) -> None:
+    if status != expected:
+        raise SystemExit(f"sandbox: unexpected answer {status}: {json.dumps(body)[:500]}")
+
+
+async def run(report: Report, bc: BCEmulator, dv: DataverseEmulator) -> None:
+    from sync.runtime import close_runtime, get_runtime
+
+    report.section("The app is configured")
+    status, body = await _call("health")
+    _check(status, body, 200)
+    report.line("GET /api/health", f"{status} {body['status']}")
+    report.line("functions registered", ", ".join(sorted(registered_functions())))
+
+    report.section("Table mappings (BC's defaults)")
+    status, body = await _call("list_mappings")
+    _check(status, body, 200)
+    for m in body["value"]:
+        arrow = {"Bidirectional": "<->", "ToIntegrationTable": "->", "FromIntegrationTable": "<-"}[m["direction"]]
+        report.line(m["name"], f"{m['bcEntitySet']} {arrow} {m['dataverseEntitySet']}"
+                               f"  ({sum(f['enabled'] for f in m['fieldMappings'])} field mappings)")
+
+    report.section("Match-based coupling of the seed data (CUSTOMER, by name then phone)")
+    status, body = await _call("couple_match", "POST", body={"mapping": "CUSTOMER"})
+    _check(status, body, 200)
+    counts = body["counts"]
+    report.line("POST /api/couple/match", ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    coupled = [r for r in body["records"] if r["outcome"] == "coupled"]
+    for r in coupled[:3]:
+        name = bc.get("customers", r["bcId"])["displayName"]
+        report.line("  coupled", f"{name!r} -> account {r['dataverseId']} (priority {r['priority']})")
+    unmatched = [r for r in body["records"] if r["outcome"] == "unmatched"]
+    if unmatched:
+        name = bc.get("customers", unmatched[0]["bcId"])["displayName"]
+        report.line("  e.g. unmatched", f"{name!r}: {unmatched[0]['reason']}")
+
+    report.section("Couple one pair by hand, look it up, uncouple it")
+    cust = bc.create("customers", {"displayName": "Sandbox Bikes", "city": "Seattle"})
+    acc = dv.create("accounts", {"name": "Sandbox Bikes Inc.", "customertypecode": 3})
+    status, body = await _call("couple", "POST", body={"mapping": "CUSTOMER", "bcId": cust["id"],
+                                                       "dataverseId": acc["accountid"]})
+    _check(status, body, 201)
+    report.line("POST /api/couple", f"{status}: 'Sandbox Bikes' <-> 'Sandbox Bikes Inc.'")
+    status, body = await _call("couple", "POST", body={"mapping": "CUSTOMER", "bcId": cust["id"],
+                                                       "dataverseId": coupled[0]["dataverseId"]}) \
+        if coupled else (409, None)
+    report.line("  again, to another account", f"{status} {body['error']['code'] if body else ''}")
+    status, body = await _call("get_couplings", route={"mapping": "CUSTOMER"}, params={"bcId": cust["id"]})
+    _check(status, body, 200)
+    report.line("GET /api/couplings/CUSTOMER", f"{status}: coupled at {body['coupling']['coupledAt']}")
+    status, body = await _call("uncouple", "POST", body={"mapping": "CUSTOMER", "bcIds": [cust["id"]]})
+    _check(status, body, 200)
+    report.line("POST /api/uncouple", f"{status}: uncoupled {body['uncoupled']}; both records still exist: "
+                                      f"{bool(bc.get('customers', cust['id']) and dv.get('accounts', acc['accountid']))}")
+
+    rt = get_runtime()
+    report.section("What it cost")
+    report.line("BC API", f"{bc.stats.requests} HTTP requests, {bc.stats.writes} writes")
+    report.line("Dataverse Web API", f"{dv.stats.requests} HTTP requests, {dv.stats.writes} writes")
+    report.line("Table Storage", f"{rt.tables.ops} operations")
+    await close_runtime()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--serve", action="store_true", help="keep running and serve the app on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=7071, help="port for --serve (default 7071)")
+    args = parser.parse_args()
+
+    report = Report()
+    started = time.monotonic()
+    report.title("bc-dataverse-sync sandbox")
+    with Azurite() as azurite, \
+            BCEmulator(company_id=COMPANY_ID) as bc, \
+            DataverseEmulator() as dv:
+        os.environ.update({
+            "BC_API_BASE_URL": bc.base_url, "BC_COMPANY_ID": COMPANY_ID, "DATAVERSE_URL": dv.url,
+            "SYNC_STORAGE_CONNECTION": azurite.connection_string, "AzureWebJobsStorage": azurite.connection_string,
+            "LOCAL_DEV_TOKEN": DEFAULT_TOKEN, "SYNC_TABLE_PREFIX": "sandbox",
+        })
+        report.line("Azurite", f"tables, queues, blobs on 127.0.0.1:{azurite.ports['table']} "
+                               f"(and {azurite.ports['queue']}, {azurite.ports['blob']})")
+        report.line("BC API v2.0 emulator", f"{bc.base_url}  ({bc.count('customers')} customers, "
+                                            f"{bc.count('vendors')} vendors, {bc.count('contacts')} contacts, "
+                                            f"{bc.count('items')} items)")
+        report.line("Dataverse emulator", f"{dv.url}/api/data/v9.2  ({len(dv.all('accounts'))} accounts, "
+                                          f"{len(dv.all('contacts'))} contacts, {len(dv.all('products'))} products)")
+        asyncio.run(run(report, bc, dv))
+        print(f"\nDone in {time.monotonic() - started:.1f} s.")
+        if args.serve:
+            host = LocalHost(registered_functions().values(), port=args.port)
+            print(f"\nServing the app on http://127.0.0.1:{host.port}/api (Ctrl+C to stop), e.g.\n"
+                  f"  curl http://127.0.0.1:{host.port}/api/mappings\n"
+                  f"  curl http://127.0.0.1:{host.port}/api/openapi.json\n"
+                  f"BC emulator: {bc.base_url}  Dataverse emulator: {dv.url}  token: {DEFAULT_TOKEN}")
+            try:
+                host.serve_forever()
+            except KeyboardInterrupt:
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
