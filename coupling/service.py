@@ -20,8 +20,6 @@ from .store import CouplingExists
 
 log = logging.getLogger(__name__)
 
-WRITE_CONCURRENCY = 16
-"""Coupling writes in flight at once (Table Storage transactions)."""
 ID_CHUNK = 100
 """Ids per coupling-store or API lookup round."""
 
@@ -313,19 +311,8 @@ async def match_couple(rt: Runtime, mapping: TableMapping, bc_ids: list[str] | N
     result = MatchResult(mapping.name)
     (coupled_bc, coupled_dv), indexed = await asyncio.gather(
         _coupled_sets(rt, mapping.name), _index_dataverse(rt, mapping, groups))
-    limiter = asyncio.Semaphore(WRITE_CONCURRENCY)
-
-    async def couple(rec_id: str, dv_id: str, priority: int) -> MatchOutcome:
-        async with limiter:
-            try:
-                await rt.couplings.create(Coupling(mapping.name, rec_id, dv_id, coupled_at=_now()))
-            except CouplingExists as exc:  # coupled meanwhile by another request
-                return MatchOutcome(rec_id, "unmatched", priority=priority,
-                                    reason=str(already_coupled(mapping, exc).message))
-            return MatchOutcome(rec_id, "coupled", dv_id, priority)
-
     async for page in _bc_pages(rt, mapping, bc_ids, result):
-        pending = []
+        matched: list[tuple[str, str, int]] = []
         for rec in page:
             rec_id = str(rec["id"]).lower()
             if rec_id in coupled_bc:
@@ -337,8 +324,18 @@ async def match_couple(rt: Runtime, mapping: TableMapping, bc_ids: list[str] | N
                 continue
             coupled_dv.add(dv_id)  # claimed: a later BC record can't take it in this run
             coupled_bc.add(rec_id)
-            pending.append(couple(rec_id, dv_id, priority))  # type: ignore[arg-type]
-        result.records.extend(await asyncio.gather(*pending))
+            matched.append((rec_id, dv_id, priority))  # type: ignore[arg-type]
+        if not matched:
+            continue
+        now = _now()
+        created = await rt.couplings.create_many(
+            mapping.name, [Coupling(mapping.name, b, d, coupled_at=now) for b, d, _ in matched])
+        for (rec_id, dv_id, priority), outcome in zip(matched, created):
+            if isinstance(outcome, CouplingExists):  # coupled meanwhile by another request
+                result.records.append(MatchOutcome(rec_id, "unmatched", priority=priority,
+                                                   reason=already_coupled(mapping, outcome).message))
+            else:
+                result.records.append(MatchOutcome(rec_id, "coupled", dv_id, priority))
     return result
 
 

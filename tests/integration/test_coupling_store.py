@@ -398,3 +398,23 @@ async def test_table_is_created_once_even_when_racing(azurite, table_prefix):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_create_many_batches_and_falls_back_on_collisions(store, service, names):
+    taken = Coupling(CUSTOMER, gid(), gid())
+    await store.create(taken)
+    batch = [Coupling(CUSTOMER, gid(), gid()) for _ in range(120)]
+    clean = [Coupling(CUSTOMER, gid(), gid()) for _ in range(100)]
+    ops_before = service.ops
+    assert all(isinstance(r, Coupling) for r in await store.create_many(CUSTOMER, clean))
+    assert service.ops - ops_before == 2  # 50 couplings per transaction when nothing is in the way
+    clash = Coupling(CUSTOMER, gid(), taken.dataverse_id)  # the account is already coupled
+    dup = Coupling(CUSTOMER, batch[0].bc_id, gid())  # the same BC id twice in one call
+    results = await store.create_many(CUSTOMER, batch[:60] + [clash] + batch[60:] + [dup])
+    assert len(results) == 122
+    assert isinstance(results[60], CouplingExists) and results[60].existing.bc_id == taken.bc_id
+    assert isinstance(results[121], CouplingExists) and results[121].side == "bc"
+    assert all(isinstance(r, Coupling) for i, r in enumerate(results) if i not in (60, 121))
+    for c in batch:
+        assert (await store.get_by_dataverse(CUSTOMER, c.dataverse_id)).bc_id == c.bc_id
+    assert len(await rows(service, names)) == 2 * (1 + 100 + 120)

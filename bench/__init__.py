@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures (never timed unit tests). Run with `.venv/bin/python -m bench.<name>`."""
