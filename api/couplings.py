@@ -42,8 +42,6 @@ COUPLING = oa.define("Coupling", oa.obj("Coupling", "One BC record coupled with 
 _COUPLE_RESULT = oa.obj("Couple result", "The coupling and whether this request made it.", {
     "coupling": COUPLING,
     "created": oa.prop("boolean", "Created", "False when the same coupling already existed (a repeated request)."),
-    "createdRecord": oa.prop("string", "Created record",
-                             "With createNew: 'dataverse' or 'bc', the side created by this request."),
 })
 
 oa.operation(
@@ -92,14 +90,9 @@ async def couple(req: func.HttpRequest) -> func.HttpResponse:
                                   "not have yet: couple without it.")
     if create_new:
         coupling, created = await service.create_new(rt, mapping, bc_id=bc_id, dataverse_id=dv_id)
-        created_side = ("dataverse" if bc_id else "bc") if created else None
     else:
         coupling, created = await service.couple_existing(rt, mapping, bc_id, dv_id)  # type: ignore[arg-type]
-        created_side = None
-    payload = {"coupling": service.coupling_json(coupling), "created": created}
-    if created_side:
-        payload["createdRecord"] = created_side
-    return json_response(payload, 201 if created else 200)
+    return json_response({"coupling": service.coupling_json(coupling), "created": created}, 201 if created else 200)
 
 
 oa.operation(

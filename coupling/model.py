@@ -92,3 +92,27 @@ class Coupling:
         self.last_error = _truncate(self.last_error)
 
 
+
+
+# --- option mappings -------------------------------------------------------------------------------------------------
+_OPTION_PREFIX = "00000000-0000-0000-0000-"
+
+
+def option_value_id(value: int) -> str:
+    """The coupling id of a Dataverse option value (option mappings couple BC records with option values, not rows).
+
+    The store keys couplings by GUID, so an option value ``n`` is stored as the GUID whose last 12 hex digits are
+    ``n`` (``3`` -> ``00000000-0000-0000-0000-000000000003``); option values are < 2^31, and no Dataverse row id
+    looks like this.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 48:
+        raise ValueError(f"not an option value: {value!r}")
+    return f"{_OPTION_PREFIX}{value:012x}"
+
+
+def option_value_of(coupling_id: str) -> int | None:
+    """The option value a coupling id stands for, or None for a row id."""
+    text = str(coupling_id).lower()
+    if not text.startswith(_OPTION_PREFIX):
+        return None
+    return int(text[len(_OPTION_PREFIX):], 16)

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from sync import errors, odata
-from sync.mappings import BC, DATAVERSE, MatchCriterion, TableMapping
+from sync import errors, lookups, odata, rules
+from sync.mappings import BC, DATAVERSE, Direction, MatchCriterion, TableMapping
 from sync.runtime import Runtime
+from sync.transfer import transfer
 
+from .intents import CreateIntent
 from .model import Coupling
 from .store import CouplingExists
 
@@ -24,6 +27,8 @@ ID_CHUNK = 100
 """Ids per coupling-store or API lookup round."""
 
 ZERO_GUID = "00000000-0000-0000-0000-000000000000"
+TO = Direction.TO_INTEGRATION_TABLE
+FROM = Direction.FROM_INTEGRATION_TABLE
 
 
 # --- JSON forms ----------------------------------------------------------------------------------------------------
@@ -403,11 +408,177 @@ async def uncouple(rt: Runtime, mapping: TableMapping, *, bc_ids: list[str] | No
     return result
 
 
-# --- create new (filled in below once the field transfer exists) ------------------------------------------------------
+# --- create new ------------------------------------------------------------------------------------------------------
+CREATE_NEW_NAMESPACE = uuid.UUID("0f4e6a43-7a0b-4c55-9a53-2b8f1f6f0c11")
+
+
+def new_dataverse_id(rt: Runtime, mapping: TableMapping, bc_id: str) -> str:
+    """The id a Dataverse row created from ``bc_id`` gets: deterministic, so a repeated create-new finds the row
+    an interrupted attempt made instead of making a second one."""
+    return str(uuid.uuid5(CREATE_NEW_NAMESPACE, f"{rt.settings.bc_company_id}/{mapping.name}/{bc_id}"))
+
+
+def _require_direction(mapping: TableMapping, direction: Direction) -> None:
+    if not mapping.direction.includes(direction):
+        target = "Dataverse" if direction is TO else "Business Central"
+        raise errors.Unprocessable(
+            f"Table mapping {mapping.name} is {mapping.direction.value}: it does not create records in {target}.",
+            code="DirectionNotAllowed", details={"mapping": mapping.name, "direction": mapping.direction.value})
+
+
+def _transfer_failed(mapping: TableMapping, message: str | None) -> errors.Unprocessable:
+    return errors.Unprocessable(f"The record can't be created through table mapping {mapping.name}: {message}",
+                                code="TransferFailed")
+
+
 async def create_new(rt: Runtime, mapping: TableMapping, *, bc_id: str | None,
                      dataverse_id: str | None) -> tuple[Coupling, bool]:
-    raise errors.NotSupported("createNew is not available yet.")
+    """BC's "Create New": create the counterpart of one record in the other system, then couple it.
+
+    Returns ``(coupling, created)``. Safe to repeat: a repeat after success returns the same coupling with
+    ``created`` False, and a repeat after a crash between the create and the coupling finds the record the first
+    attempt made instead of creating a second one.
+    """
+    _require_record_mapping(mapping)
+    if bc_id is not None:
+        return await _create_in_dataverse(rt, mapping, bc_id)
+    return await _create_in_bc(rt, mapping, dataverse_id)  # type: ignore[arg-type]
+
+
+async def _existing_coupling(rt: Runtime, mapping: TableMapping, *, bc_id: str | None = None,
+                             dataverse_id: str | None = None) -> Coupling | None:
+    """The record's coupling if its counterpart still exists; a coupling to a deleted record ("corrupt") is
+    removed first, as BC does before creating new."""
+    c = await (rt.couplings.get_by_bc(mapping.name, bc_id) if bc_id
+               else rt.couplings.get_by_dataverse(mapping.name, dataverse_id))  # type: ignore[arg-type]
+    if c is None:
+        return None
+    if bc_id:
+        other = await rt.dataverse.get_or_none(mapping.dataverse_entity_set, c.dataverse_id,
+                                               select=[mapping.dataverse_primary_id])
+    else:
+        other = await rt.bc.get_or_none(mapping.bc_entity_set, c.bc_id, select=["id"])
+    if other is None:
+        await rt.couplings.delete(c)
+        return None
+    return c
+
+
+async def _create_in_dataverse(rt: Runtime, mapping: TableMapping, bc_id: str) -> tuple[Coupling, bool]:
+    _require_direction(mapping, TO)
+    rec = await rt.bc.get_or_none(mapping.bc_entity_set, bc_id)
+    if rec is None:
+        raise errors.NotFound(f"Business Central {mapping.bc_entity_set} record {bc_id} does not exist.",
+                              code="RecordNotFound", details={"bcMissing": True, "dataverseMissing": False})
+    check_filters(mapping, rec, None)
+    new_id = new_dataverse_id(rt, mapping, bc_id)
+    existing = await _existing_coupling(rt, mapping, bc_id=bc_id)
+    if existing is not None:
+        if existing.dataverse_id == new_id:
+            return existing, False  # this request already succeeded
+        raise errors.Conflict(f"Business Central record {bc_id} is already coupled to Dataverse "
+                              f"{mapping.dataverse_table} row {existing.dataverse_id}.", code="AlreadyCoupled",
+                              details={"coupling": coupling_json(existing)})
+    mappings = await rt.mappings()
+    resolution = await lookups.resolve(rt, mappings, mapping, [rec], TO)
+    result = transfer(mapping, TO, rec, None, resolution, inserting=True)
+    if not result.ok:
+        raise _transfer_failed(mapping, result.message)
+    select = [mapping.dataverse_primary_id, mapping.dataverse_modified_on or "modifiedon"]
+    row = await rt.dataverse.get_or_none(mapping.dataverse_entity_set, new_id, select=select)
+    if row is None:
+        try:
+            row = await rt.dataverse.create(mapping.dataverse_entity_set, result.changes, id=new_id,
+                                            return_representation=True, select=select)
+        except (errors.UpstreamConcurrency, errors.UpstreamOutcomeUnknown):
+            # A duplicate id (an earlier attempt made it) or a lost answer: the row may exist - look, don't replay.
+            row = await rt.dataverse.get_or_none(mapping.dataverse_entity_set, new_id, select=select)
+            if row is None:
+                raise
+    coupling = rules.after_success(Coupling(mapping.name, bc_id, new_id, coupled_at=_now()), TO, None,
+                                   rules.bc_timestamp(rec), rules.dataverse_timestamp(row))
+    return await _store_new_coupling(rt, mapping, coupling)
+
+
+async def _store_new_coupling(rt: Runtime, mapping: TableMapping, coupling: Coupling) -> tuple[Coupling, bool]:
+    try:
+        return await rt.couplings.create(coupling), True
+    except CouplingExists as exc:
+        if exc.existing.bc_id == coupling.bc_id and exc.existing.dataverse_id == coupling.dataverse_id:
+            return exc.existing, False  # a concurrent repeat of this request won
+        log.warning("created %s but could not couple it: %s", coupling, exc.message)
+        raise already_coupled(mapping, exc) from None
+
+
+async def _find_created_bc_record(rt: Runtime, mapping: TableMapping, intent: CreateIntent, row: dict,
+                                  resolution: Any) -> dict | None:
+    """The record an interrupted attempt created: made since the intent, not coupled, and holding the row's
+    values (a transfer from the row to it would change nothing - the same test the sync uses for "unchanged")."""
+    if intent.bc_id:
+        return await rt.bc.get_or_none(mapping.bc_entity_set, intent.bc_id)
+    conditions = [odata.ge("lastModifiedDateTime", intent.started_at - timedelta(seconds=1))]
+    name = intent.body.get("displayName")
+    if isinstance(name, str) and name:
+        conditions.append(odata.eq("displayName", name))
+    candidates = await rt.bc.list_all(mapping.bc_entity_set, filter=odata.and_(*conditions))
+    coupled = await rt.couplings.get_many_by_bc(mapping.name, [str(c["id"]).lower() for c in candidates])
+    same = [c for c in candidates if str(c["id"]).lower() not in coupled
+            and not transfer(mapping, FROM, row, c, resolution, inserting=False).has_changes]
+    return same[0] if len(same) == 1 else None
+
+
+async def _create_in_bc(rt: Runtime, mapping: TableMapping, dataverse_id: str) -> tuple[Coupling, bool]:
+    _require_direction(mapping, FROM)
+    row = await rt.dataverse.get_or_none(mapping.dataverse_entity_set, dataverse_id,
+                                         select=mapping.dataverse_select())
+    if row is None:
+        raise errors.NotFound(f"Dataverse {mapping.dataverse_table} row {dataverse_id} does not exist.",
+                              code="RecordNotFound", details={"bcMissing": False, "dataverseMissing": True})
+    check_filters(mapping, None, row)
+    intent = await rt.intents.get(mapping.name, dataverse_id)
+    existing = await _existing_coupling(rt, mapping, dataverse_id=dataverse_id)
+    if existing is not None:
+        if intent is not None and intent.bc_id == existing.bc_id:
+            return existing, False  # this request already succeeded
+        raise errors.Conflict(f"Dataverse {mapping.dataverse_table} row {dataverse_id} is already coupled to "
+                              f"Business Central record {existing.bc_id}.", code="AlreadyCoupled",
+                              details={"coupling": coupling_json(existing)})
+    mappings = await rt.mappings()
+    resolution = await lookups.resolve(rt, mappings, mapping, [row], FROM)
+    result = transfer(mapping, FROM, row, None, resolution, inserting=True)
+    if not result.ok:
+        raise _transfer_failed(mapping, result.message)
+    rec = await _find_created_bc_record(rt, mapping, intent, row, resolution) if intent is not None else None
+    if rec is None:
+        intent = CreateIntent(mapping.name, dataverse_id, _now(), result.changes)
+        await rt.intents.put(intent)
+        try:
+            rec = await rt.bc.create(mapping.bc_entity_set, result.changes)
+        except errors.UpstreamOutcomeUnknown:
+            rec = await _find_created_bc_record(rt, mapping, intent, row, resolution)
+            if rec is None:
+                raise
+    bc_id = str(rec["id"]).lower()
+    if intent.bc_id != bc_id:
+        intent.bc_id = bc_id
+        await rt.intents.put(intent)
+    coupling = rules.after_success(Coupling(mapping.name, bc_id, dataverse_id, coupled_at=_now()), FROM, None,
+                                   rules.bc_timestamp(rec), rules.dataverse_timestamp(row))
+    return await _store_new_coupling(rt, mapping, coupling)
 
 
 async def create_new_for_unmatched(rt: Runtime, mapping: TableMapping, result: MatchResult) -> None:
-    raise errors.NotSupported("createNewIfNoMatch is not available yet.")
+    """Match-based coupling's "Create New in Case of No Match": a Dataverse row for each unmatched record."""
+    _require_direction(mapping, TO)
+    limiter = asyncio.Semaphore(8)
+
+    async def one(outcome: MatchOutcome) -> None:
+        async with limiter:
+            try:
+                coupling, _ = await create_new(rt, mapping, bc_id=outcome.bc_id, dataverse_id=None)
+            except (errors.RequestError, errors.UpstreamError) as exc:
+                outcome.outcome, outcome.reason = "failed", f"{outcome.reason} Create new failed: {exc.message}"
+                return
+            outcome.outcome, outcome.dataverse_id = "created", coupling.dataverse_id
+
+    await asyncio.gather(*(one(o) for o in result.records if o.outcome == "unmatched"))

@@ -196,6 +196,10 @@ class BCEmulator(EmulatorServer):
             "name": self.company_name, "displayName": self.company_name, "businessProfileId": "",
             "systemCreatedAt": stamp, "systemCreatedBy": "00000000-0000-0000-0000-000000000001",
             "systemModifiedAt": stamp, "systemModifiedBy": "00000000-0000-0000-0000-000000000001"})
+        self._tables["companyInformation"].put({
+            "@odata.etag": self._next_etag(), "id": str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4)),
+            "displayName": self.company_name, "addressLine1": "7122 South Ashford Street", "city": "Atlanta",
+            "country": "US", "currencyCode": self.lcy_code, "lastModifiedDateTime": stamp})
         if seed:
             from .bc_seed import seed_company
 

@@ -254,7 +254,15 @@ COMPANY = EntitySpec(
     company_scoped=False, writable=False,
 )
 
+COMPANY_INFORMATION = EntitySpec(
+    "companyInformation", "companyInformation", "Company Information", "id", "Primary Key",
+    (_id(), _p("displayName", S, 100, ro=True), _p("addressLine1", S, 100, ro=True), _p("city", S, 30, ro=True),
+     _p("country", S, 10, ro=True), _p("currencyCode", S, 10, ro=True), _modified()),
+    writable=False,
+)
+"""One read-only record per company; ``currencyCode`` is the local currency (LCY) code."""
+
 ENTITY_SPECS: dict[str, EntitySpec] = {s.entity_set: s for s in (
     CUSTOMER, VENDOR, CONTACT, ITEM, CURRENCY, UNIT_OF_MEASURE, PAYMENT_TERM, SHIPMENT_METHOD, PAYMENT_METHOD,
-    SALESPERSON)}
+    SALESPERSON, COMPANY_INFORMATION)}
 """Company-scoped entity sets served by the emulator."""

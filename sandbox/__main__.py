@@ -101,6 +101,24 @@ async def run(report: Report, bc: BCEmulator, dv: DataverseEmulator) -> None:
     report.line("POST /api/uncouple", f"{status}: uncoupled {body['uncoupled']}; both records still exist: "
                                       f"{bool(bc.get('customers', cust['id']) and dv.get('accounts', acc['accountid']))}")
 
+    report.section("Create new: an unmatched BC customer becomes an account, an account becomes a customer")
+    if unmatched:
+        bc_id = unmatched[0]["bcId"]
+        status, body = await _call("couple", "POST", body={"mapping": "CUSTOMER", "bcId": bc_id, "createNew": True})
+        _check(status, body, 201)
+        row = dv.get("accounts", body["coupling"]["dataverseId"])
+        report.line("POST /api/couple createNew", f"{status}: account {row['name']!r} created in Dataverse "
+                                                  f"(customertypecode {row['customertypecode']}), coupled")
+        status, body = await _call("couple", "POST", body={"mapping": "CUSTOMER", "bcId": bc_id, "createNew": True})
+        report.line("  the same request again", f"{status}: created {body['created']} (no second account)")
+    acc = dv.create("accounts", {"name": "Sandbox Sails", "customertypecode": 3, "address1_city": "Bergen"})
+    status, body = await _call("couple", "POST", body={"mapping": "CUSTOMER", "dataverseId": acc["accountid"],
+                                                       "createNew": True})
+    _check(status, body, 201)
+    rec = bc.get("customers", body["coupling"]["bcId"])
+    report.line("POST /api/couple createNew", f"{status}: customer {rec['number']} {rec['displayName']!r} "
+                                              f"({rec['city']}) created in Business Central, coupled")
+
     rt = get_runtime()
     report.section("What it cost")
     report.line("BC API", f"{bc.stats.requests} HTTP requests, {bc.stats.writes} writes")

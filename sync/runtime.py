@@ -10,11 +10,12 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from coupling.intents import CreateIntentStore
 from coupling.mapping_store import MappingSettingsStore
 from coupling.store import CouplingStore
 from coupling.tables import TableNames, TableService
 
-from . import errors
+from . import errors, odata
 from .adapters.bc import BCClient
 from .adapters.dataverse import DataverseClient
 from .adapters.transport import aclose_http_client
@@ -34,7 +35,8 @@ class Runtime:
     names: TableNames
     couplings: CouplingStore
     mapping_settings: MappingSettingsStore
-    _lcy_code: str | None = field(default=None, repr=False)
+    intents: CreateIntentStore
+    _lcy: tuple[str, str | None] | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> "Runtime":
@@ -48,6 +50,7 @@ class Runtime:
             names=names,
             couplings=CouplingStore(tables, names),
             mapping_settings=MappingSettingsStore(tables, names),
+            intents=CreateIntentStore(tables, names),
         )
 
     async def mappings(self) -> dict[str, TableMapping]:
@@ -71,6 +74,24 @@ class Runtime:
             raise error(f"Unknown table mapping '{name}'. Known: {', '.join(sorted(mappings))}.",
                         code="UnknownMapping", details={"field": member})
         return found
+
+    async def lcy(self) -> tuple[str, str | None]:
+        """``(LCY code, Dataverse transactioncurrency id of that ISO code or None)``, read once per runtime.
+
+        The code is BC's local currency (``companyInformation.currencyCode``); BC's LCY rule maps blank BC currency
+        codes to that Dataverse currency and back.
+        """
+        if self._lcy is None:
+            info = await self.bc.list_all("companyInformation", select=["currencyCode"])
+            code = (info[0].get("currencyCode") or "").strip().upper() if info else ""
+            if not code:
+                raise errors.UpstreamError("bc", "Business Central's companyInformation has no currencyCode "
+                                                 "(the local currency code).")
+            rows = await self.dataverse.list_all(
+                "transactioncurrencies", filter=odata.eq("isocurrencycode", code),
+                select=["transactioncurrencyid"])
+            self._lcy = (code, str(rows[0]["transactioncurrencyid"]).lower() if rows else None)
+        return self._lcy
 
     async def close(self) -> None:
         await self.tables.close()
