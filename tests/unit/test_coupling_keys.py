@@ -183,9 +183,10 @@ def test_etag_is_not_part_of_equality():
 # --- table names and the service --------------------------------------------------------------------------------------
 def test_table_names():
     names = TableNames("sync")
-    assert (names.couplings, names.mappings, names.jobs, names.errors, names.watermarks, names.leases) == (
-        "syncCouplings", "syncMappings", "syncJobs", "syncErrors", "syncWatermarks", "syncLeases")
-    assert len(set(names.all())) == 6
+    assert (names.couplings, names.mappings, names.jobs, names.errors, names.watermarks, names.leases,
+            names.intents) == ("syncCouplings", "syncMappings", "syncJobs", "syncErrors", "syncWatermarks",
+                               "syncLeases", "syncIntents")
+    assert len(set(names.all())) == 7
     assert all(re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,62}", n) for n in TableNames("a" * 31).all())
 
 
