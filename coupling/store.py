@@ -416,3 +416,80 @@ class CouplingStore:
         async for page in self.iter_all(mapping, skipped=True):
             out.extend(page)
         return out
+
+    # --- batch update and filtered listing ----------------------------------------------------------------------------
+    @staticmethod
+    def _update_ops(c: Coupling) -> list:
+        """The two operations of ``update``: replace both rows, If-Match the known etag (else ``*``: must exist)."""
+        bc_etag, dv_etag = c.etag or (None, None)
+        ops = []
+        for rk, etag in ((bc_row_key(c.bc_id), bc_etag), (dataverse_row_key(c.dataverse_id), dv_etag)):
+            options: dict[str, Any] = {"mode": UpdateMode.REPLACE}
+            if etag:
+                options.update(etag=etag, match_condition=MatchConditions.IfNotModified)
+            ops.append(("update", _entity(c, rk), options))
+        return ops
+
+    async def update_many(self, mapping: str, couplings: Iterable[Coupling]) -> list[Coupling | Exception]:
+        """Update many couplings of one mapping: up to 50 per transaction (2 rows each), conditional as ``update``.
+
+        A transaction is all-or-nothing, so when one coupling in it was changed or uncoupled meanwhile the whole
+        chunk falls back to ``update`` one by one, and each coupling gets its own result. Returns, in input
+        order, the updated coupling (new etag) or its error (``CouplingChanged``, or the ``TableTransactionError``
+        of a row the service refused).
+        """
+        items = list(couplings)
+        pk = partition_key(mapping)
+        if any(partition_key(c.mapping) != pk for c in items):
+            raise RequestError("every coupling must belong to the mapping", details={"mapping": mapping})
+        table = await self._table()
+        out: list[Coupling | Exception] = []
+        per_tx = EGT_MAX_OPS // 2
+        for start in range(0, len(items), per_tx):
+            chunk = items[start:start + per_tx]
+            keys = [k for c in chunk for k in (bc_row_key(c.bc_id), dataverse_row_key(c.dataverse_id))]
+            if len(set(keys)) == len(keys):  # a transaction can't touch a row twice
+                try:
+                    meta = await table.submit_transaction([op for c in chunk for op in self._update_ops(c)])
+                except TableTransactionError:
+                    pass  # one by one below
+                else:
+                    out.extend(replace(c, etag=(meta[2 * i].get("etag"), meta[2 * i + 1].get("etag")))
+                               for i, c in enumerate(chunk))
+                    continue
+            for c in chunk:
+                try:
+                    out.append(await self.update(c))
+                except (CouplingChanged, TableTransactionError) as exc:
+                    out.append(exc)
+        return out
+
+    async def iter_filtered(self, mapping: str, *, skipped: bool | None = None, to_result: str | None = None,
+                            from_result: str | None = None,
+                            page_size: int = MAX_PAGE_SIZE) -> AsyncIterator[list[Coupling]]:
+        """The mapping's couplings matching every given filter, a page at a time (filtered by the service).
+
+        E.g. ``skipped=False, to_result=RESULT_FAILURE``: failed-not-skipped couplings the To pass retries every
+        run; ``skipped=True``: the errors page. ``None`` means "any". Empty pages are not yielded.
+        """
+        if not isinstance(page_size, int) or isinstance(page_size, bool) or not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise RequestError(f"page size must be 1..{MAX_PAGE_SIZE}", details={"pageSize": page_size})
+        pk = partition_key(mapping)
+        # every @name stays a space-delimited token: the SDK substitutes parameters by splitting on " " (C5)
+        query = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
+        params: dict[str, Any] = {"pk": pk, "lo": _BC, "hi": _BC[:-1] + chr(ord(_BC[-1]) + 1)}
+        for column, name, value in (("Skipped", "skipped", skipped), ("ToResult", "to_result", to_result),
+                                    ("FromResult", "from_result", from_result)):
+            if value is None:
+                continue
+            if column == "Skipped":
+                value = bool(value)
+            elif not isinstance(value, str):
+                raise RequestError(f"{name} must be a string", details={name: repr(value)})
+            query += f" and {column} eq @{name}"
+            params[name] = value
+        table = await self._table()
+        async for page in table.query_entities(query, parameters=params, results_per_page=page_size).by_page():
+            items = [_from_entity(mapping, e) async for e in page]
+            if items:
+                yield items

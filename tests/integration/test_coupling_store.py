@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -418,3 +419,91 @@ async def test_create_many_batches_and_falls_back_on_collisions(store, service, 
     for c in batch:
         assert (await store.get_by_dataverse(CUSTOMER, c.dataverse_id)).bc_id == c.bc_id
     assert len(await rows(service, names)) == 2 * (1 + 100 + 120)
+
+
+# --- update_many ------------------------------------------------------------------------------------------------------
+async def test_update_many_in_transactions(store, service):
+    couplings = await create_many(store, CUSTOMER, 120)
+    changed = [replace(c, to_result=RESULT_SUCCESS, to_job_id=f"job-{i}",
+                       bc_modified_on=datetime(2024, 5, 1, 12, 0, i % 60, tzinfo=timezone.utc))
+               for i, c in enumerate(couplings)]
+    before = service.ops
+    results = await store.update_many(CUSTOMER, changed)
+    assert service.ops - before == 3  # 50 + 50 + 20 couplings, one transaction each
+    assert results == changed
+    assert all(r.etag != c.etag and all(r.etag) for r, c in zip(results, couplings))
+    for c in changed[::7]:
+        assert await store.get_by_bc(CUSTOMER, c.bc_id) == c
+        assert await store.get_by_dataverse(CUSTOMER, c.dataverse_id) == c
+    assert await store.update_many(CUSTOMER, []) == []
+
+
+async def test_update_many_falls_back_to_one_by_one(store, service, names):
+    couplings = await create_many(store, CUSTOMER, 60)
+    gone = couplings[10]
+    await store.delete(gone)
+    changed = [replace(c, from_result=RESULT_FAILURE, last_error="boom") for c in couplings]
+    changed.append(replace(changed[3], last_error="again", etag=None))  # the same coupling again, unconditional
+    before = service.ops
+    results = await store.update_many(CUSTOMER, changed)
+    # a failed transaction for the first 50, then 50 single updates; 10 + 1 in the second transaction
+    assert service.ops - before == 1 + 50 + 1
+    assert len(results) == 61
+    assert isinstance(results[10], CouplingChanged) and results[10].gone
+    assert all(isinstance(r, Coupling) for i, r in enumerate(results) if i != 10)
+    assert len(await rows(service, names)) == 2 * 59  # nothing re-created
+    assert (await store.get_by_bc(CUSTOMER, couplings[3].bc_id)).last_error == "again"
+    assert (await store.get_by_bc(CUSTOMER, couplings[59].bc_id)).from_result == RESULT_FAILURE
+
+
+async def test_update_many_refuses_couplings_of_another_mapping(store):
+    c = await store.create(Coupling("VENDOR", gid(), gid()))
+    with pytest.raises(RequestError):
+        await store.update_many(CUSTOMER, [replace(c, skipped=True)])
+    assert not (await store.get_by_bc("VENDOR", c.bc_id)).skipped
+
+
+# --- iter_filtered ----------------------------------------------------------------------------------------------------
+async def test_iter_filtered_by_skipped_and_results(store, service):
+    couplings = await create_many(store, CUSTOMER, 40)
+    await create_many(store, "VENDOR", 3)
+    for i, c in enumerate(couplings):
+        c.to_result = RESULT_FAILURE if i % 2 else RESULT_SUCCESS
+        c.from_result = RESULT_FAILURE if i % 5 == 0 else (RESULT_SUCCESS if i % 3 else None)
+        c.skipped = i % 4 == 1
+    await store.update_many(CUSTOMER, couplings)
+
+    async def ids(page_size=1000, **filters):
+        pages = [p async for p in store.iter_filtered(CUSTOMER, page_size=page_size, **filters)]
+        assert all(0 < len(p) <= page_size for p in pages)
+        return sorted(c.bc_id for p in pages for c in p)
+
+    def expect(pred):
+        return sorted(c.bc_id for c in couplings if pred(c))
+
+    retry_to = await ids(skipped=False, to_result=RESULT_FAILURE)
+    assert retry_to == expect(lambda c: not c.skipped and c.to_result == RESULT_FAILURE) and retry_to
+    assert await ids(skipped=False, from_result=RESULT_FAILURE) == expect(
+        lambda c: not c.skipped and c.from_result == RESULT_FAILURE)
+    assert await ids(page_size=3, skipped=True) == expect(lambda c: c.skipped)
+    assert await ids(to_result=RESULT_SUCCESS, from_result=RESULT_SUCCESS) == expect(
+        lambda c: c.to_result == RESULT_SUCCESS and c.from_result == RESULT_SUCCESS)
+    before = service.ops
+    assert await ids(page_size=7) == expect(lambda c: True)
+    assert service.ops - before >= 6  # 40 couplings, 7 a page: the service pages, and the pages are followed
+    found = [c async for p in store.iter_filtered(CUSTOMER, skipped=True) for c in p]
+    assert all(c == next(x for x in couplings if x.bc_id == c.bc_id) for c in found)
+    assert [p async for p in store.iter_filtered("CONTACT")] == []
+    for bad in ({"page_size": 0}, {"page_size": 1001}, {"to_result": 1}):
+        with pytest.raises(RequestError):
+            [p async for p in store.iter_filtered(CUSTOMER, **bad)]
+
+
+async def test_update_many_with_a_coupling_twice_in_a_chunk_goes_one_by_one(store, service):
+    c = await store.create(Coupling(CUSTOMER, gid(), gid()))
+    first, second = replace(c, to_result=RESULT_FAILURE), replace(c, to_result=RESULT_SUCCESS, etag=None)
+    before = service.ops
+    results = await store.update_many(CUSTOMER, [first, second])
+    assert service.ops - before == 2  # no transaction can touch a row twice: two single updates
+    assert results == [first, second]
+    assert (await store.get_by_bc(CUSTOMER, c.bc_id)).to_result == RESULT_SUCCESS
