@@ -72,6 +72,9 @@ class Coupling:
     dataverse_id: str
     bc_modified_on: datetime | None = None
     dataverse_modified_on: datetime | None = None
+    dataverse_version: int | None = None
+    """The Dataverse row's ``versionnumber`` as of the last successful sync: ``modifiedon`` has whole seconds, so
+    an edit in the same second as the sync's own write is only visible through the row version."""
     to_result: str | None = None
     to_job_id: str | None = None
     from_result: str | None = None
@@ -87,6 +90,8 @@ class Coupling:
         self.dataverse_id = normalize_guid(self.dataverse_id, what="dataverse_id")
         self.bc_modified_on = _utc(self.bc_modified_on, "bc_modified_on")
         self.dataverse_modified_on = _utc(self.dataverse_modified_on, "dataverse_modified_on")
+        if self.dataverse_version is not None:
+            self.dataverse_version = int(self.dataverse_version)
         self.coupled_at = _utc(self.coupled_at, "coupled_at")
         self.skipped = bool(self.skipped)
         self.last_error = _truncate(self.last_error)

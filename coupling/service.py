@@ -432,7 +432,7 @@ def _transfer_failed(mapping: TableMapping, message: str | None) -> errors.Unpro
 
 
 async def create_new(rt: Runtime, mapping: TableMapping, *, bc_id: str | None,
-                     dataverse_id: str | None) -> tuple[Coupling, bool]:
+                     dataverse_id: str | None, job_id: str | None = None) -> tuple[Coupling, bool]:
     """BC's "Create New": create the counterpart of one record in the other system, then couple it.
 
     Returns ``(coupling, created)``. Safe to repeat: a repeat after success returns the same coupling with
@@ -441,8 +441,8 @@ async def create_new(rt: Runtime, mapping: TableMapping, *, bc_id: str | None,
     """
     _require_record_mapping(mapping)
     if bc_id is not None:
-        return await _create_in_dataverse(rt, mapping, bc_id)
-    return await _create_in_bc(rt, mapping, dataverse_id)  # type: ignore[arg-type]
+        return await _create_in_dataverse(rt, mapping, bc_id, job_id)
+    return await _create_in_bc(rt, mapping, dataverse_id, job_id)  # type: ignore[arg-type]
 
 
 async def _existing_coupling(rt: Runtime, mapping: TableMapping, *, bc_id: str | None = None,
@@ -464,7 +464,8 @@ async def _existing_coupling(rt: Runtime, mapping: TableMapping, *, bc_id: str |
     return c
 
 
-async def _create_in_dataverse(rt: Runtime, mapping: TableMapping, bc_id: str) -> tuple[Coupling, bool]:
+async def _create_in_dataverse(rt: Runtime, mapping: TableMapping, bc_id: str,
+                               job_id: str | None = None) -> tuple[Coupling, bool]:
     _require_direction(mapping, TO)
     rec = await rt.bc.get_or_none(mapping.bc_entity_set, bc_id)
     if rec is None:
@@ -484,7 +485,7 @@ async def _create_in_dataverse(rt: Runtime, mapping: TableMapping, bc_id: str) -
     result = transfer(mapping, TO, rec, None, resolution, inserting=True)
     if not result.ok:
         raise _transfer_failed(mapping, result.message)
-    select = [mapping.dataverse_primary_id, mapping.dataverse_modified_on or "modifiedon"]
+    select = [mapping.dataverse_primary_id, mapping.dataverse_modified_on or "modifiedon", "versionnumber"]
     row = await rt.dataverse.get_or_none(mapping.dataverse_entity_set, new_id, select=select)
     if row is None:
         try:
@@ -495,8 +496,9 @@ async def _create_in_dataverse(rt: Runtime, mapping: TableMapping, bc_id: str) -
             row = await rt.dataverse.get_or_none(mapping.dataverse_entity_set, new_id, select=select)
             if row is None:
                 raise
-    coupling = rules.after_success(Coupling(mapping.name, bc_id, new_id, coupled_at=_now()), TO, None,
-                                   rules.bc_timestamp(rec), rules.dataverse_timestamp(row))
+    coupling = rules.after_success(Coupling(mapping.name, bc_id, new_id, coupled_at=_now()), TO, job_id,
+                                   rules.bc_timestamp(rec), rules.dataverse_timestamp(row),
+                                   dataverse_version=rules.row_version(row))
     return await _store_new_coupling(rt, mapping, coupling)
 
 
@@ -527,10 +529,11 @@ async def _find_created_bc_record(rt: Runtime, mapping: TableMapping, intent: Cr
     return same[0] if len(same) == 1 else None
 
 
-async def _create_in_bc(rt: Runtime, mapping: TableMapping, dataverse_id: str) -> tuple[Coupling, bool]:
+async def _create_in_bc(rt: Runtime, mapping: TableMapping, dataverse_id: str,
+                        job_id: str | None = None) -> tuple[Coupling, bool]:
     _require_direction(mapping, FROM)
     row = await rt.dataverse.get_or_none(mapping.dataverse_entity_set, dataverse_id,
-                                         select=mapping.dataverse_select())
+                                         select=[*mapping.dataverse_select(), "versionnumber"])
     if row is None:
         raise errors.NotFound(f"Dataverse {mapping.dataverse_table} row {dataverse_id} does not exist.",
                               code="RecordNotFound", details={"bcMissing": False, "dataverseMissing": True})
@@ -562,8 +565,9 @@ async def _create_in_bc(rt: Runtime, mapping: TableMapping, dataverse_id: str) -
     if intent.bc_id != bc_id:
         intent.bc_id = bc_id
         await rt.intents.put(intent)
-    coupling = rules.after_success(Coupling(mapping.name, bc_id, dataverse_id, coupled_at=_now()), FROM, None,
-                                   rules.bc_timestamp(rec), rules.dataverse_timestamp(row))
+    coupling = rules.after_success(Coupling(mapping.name, bc_id, dataverse_id, coupled_at=_now()), FROM, job_id,
+                                   rules.bc_timestamp(rec), rules.dataverse_timestamp(row),
+                                   dataverse_version=rules.row_version(row))
     return await _store_new_coupling(rt, mapping, coupling)
 
 

@@ -27,7 +27,7 @@ from typing import Any, AsyncIterator, Iterable
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TableTransactionError, UpdateMode
+from azure.data.tables import EdmType, EntityProperty, TableTransactionError, UpdateMode
 
 from sync.errors import Conflict, RequestError
 
@@ -89,6 +89,7 @@ class CouplingChanged(StaleEtag):
 _FIELDS = (  # (attribute, column)
     ("bc_id", "BcId"), ("dataverse_id", "DataverseId"),
     ("bc_modified_on", "BcModifiedOn"), ("dataverse_modified_on", "DataverseModifiedOn"),
+    ("dataverse_version", "DataverseVersion"),
     ("to_result", "ToResult"), ("to_job_id", "ToJobId"),
     ("from_result", "FromResult"), ("from_job_id", "FromJobId"),
     ("skipped", "Skipped"), ("last_error", "LastError"), ("coupled_at", "CoupledAt"),
@@ -103,6 +104,8 @@ def _entity(c: Coupling, row_key: str) -> dict[str, Any]:
         "dataverse_id": normalize_guid(c.dataverse_id, what="dataverse_id"),
         "bc_modified_on": _utc(c.bc_modified_on, "bc_modified_on"),
         "dataverse_modified_on": _utc(c.dataverse_modified_on, "dataverse_modified_on"),
+        "dataverse_version": EntityProperty(int(c.dataverse_version), EdmType.INT64)
+        if c.dataverse_version is not None else None,
         "to_result": c.to_result, "to_job_id": c.to_job_id,
         "from_result": c.from_result, "from_job_id": c.from_job_id,
         "skipped": bool(c.skipped), "last_error": _truncate(c.last_error),
@@ -116,6 +119,8 @@ def _entity(c: Coupling, row_key: str) -> dict[str, Any]:
 
 def _from_entity(mapping: str, entity: Any) -> Coupling:
     values = {attr: entity.get(column) for attr, column in _FIELDS}
+    version = values["dataverse_version"]
+    values["dataverse_version"] = int(getattr(version, "value", version)) if version is not None else None
     etag = entity.metadata.get("etag")
     row_etags = (etag, None) if entity["RowKey"].startswith(_BC) else (None, etag)
     return Coupling(mapping=mapping, **{**values, "skipped": bool(values["skipped"])}, etag=row_etags)

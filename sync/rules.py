@@ -147,7 +147,22 @@ def dataverse_modified_since_last_sync(coupling: Coupling | None, row: Mapping[s
     if coupling is None:
         return True
     failed = coupling.from_result == RESULT_FAILURE and not coupling.skipped
+    version = row_version(row)
+    if not failed and version is not None and coupling.dataverse_version is not None:
+        # modifiedon has whole seconds: the row version also sees an edit in the second of the sync's own write
+        return version > coupling.dataverse_version
     return _modified(dataverse_timestamp(row, column), coupling.dataverse_modified_on, failed)
+
+
+def row_version(row: Mapping[str, Any] | datetime | str | None) -> int | None:
+    """A Dataverse row's ``versionnumber`` (BigInt; grows with every write), if it was read."""
+    if not isinstance(row, Mapping):
+        return None
+    value = row.get("versionnumber")
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _source_modified(mapping: TableMapping, direction: Direction, coupling: Coupling,
@@ -322,16 +337,17 @@ class Decision:
 
     def coupling_after_success(self, coupling: Coupling, job_id: str | None, *,
                                bc_modified_on: datetime | str | None,
-                               dataverse_modified_on: datetime | str | None) -> Coupling:
+                               dataverse_modified_on: datetime | str | None,
+                               dataverse_version: int | None = None) -> Coupling:
         """``after_success`` with this decision's flags: the values are both sides' modified-on **after** the
         write (re-read); for an Unchanged record whose destination changed, the destination's is left alone."""
         if self.keep_destination_timestamp:
             if self.direction is TO:
-                dataverse_modified_on = None
+                dataverse_modified_on = dataverse_version = None
             else:
                 bc_modified_on = None
         return after_success(coupling, self.direction, job_id, bc_modified_on, dataverse_modified_on,
-                             self.both_modified)
+                             self.both_modified, dataverse_version)
 
     def coupling_after_failure(self, coupling: Coupling, job_id: str | None,
                                message: str | None = None) -> Coupling:
@@ -540,7 +556,7 @@ def _later(stored: datetime | None, current: datetime | None) -> datetime | None
 
 def after_success(coupling: Coupling, direction: Direction | str, job_id: str | None,
                   bc_modified_on: datetime | str | None, dataverse_modified_on: datetime | str | None,
-                  both_modified: bool = False) -> Coupling:
+                  both_modified: bool = False, dataverse_version: int | None = None) -> Coupling:
     """The coupling after a successful Insert / Modify / ForceModify / Unchanged in a pass (spec 3).
 
     ``bc_modified_on`` / ``dataverse_modified_on``: each side's modified-on **after** the write (re-read); None
@@ -559,6 +575,9 @@ def after_success(coupling: Coupling, direction: Direction | str, job_id: str | 
             bc -= BC_BOTH_MODIFIED_ADJUSTMENT
     changes: dict[str, Any] = {"bc_modified_on": _later(coupling.bc_modified_on, bc),
                                "dataverse_modified_on": _later(coupling.dataverse_modified_on, dv)}
+    if dataverse_version is not None and not (both_modified and d is TO):
+        # Like the timestamp: never back, and left alone when the opposite pass must still see the row's change.
+        changes["dataverse_version"] = max(dataverse_version, coupling.dataverse_version or 0)
     if d is TO:
         changes.update(to_result=RESULT_SUCCESS, to_job_id=job_id)
         other_failed = coupling.from_result == RESULT_FAILURE

@@ -11,9 +11,13 @@ import logging
 from dataclasses import dataclass, field
 
 from coupling.intents import CreateIntentStore
+from coupling.jobs import JobStore
+from coupling.leases import LeaseStore
 from coupling.mapping_store import MappingSettingsStore
+from coupling.runs import RunStore
 from coupling.store import CouplingStore
 from coupling.tables import TableNames, TableService
+from coupling.watermarks import WatermarkStore
 
 from . import errors, odata
 from .adapters.bc import BCClient
@@ -36,6 +40,10 @@ class Runtime:
     couplings: CouplingStore
     mapping_settings: MappingSettingsStore
     intents: CreateIntentStore
+    jobs: JobStore
+    watermarks: WatermarkStore
+    leases: LeaseStore
+    runs: RunStore
     _lcy: tuple[str, str | None] | None = field(default=None, repr=False)
 
     @classmethod
@@ -51,6 +59,10 @@ class Runtime:
             couplings=CouplingStore(tables, names),
             mapping_settings=MappingSettingsStore(tables, names),
             intents=CreateIntentStore(tables, names),
+            jobs=JobStore(tables, names),
+            watermarks=WatermarkStore(tables, names),
+            leases=LeaseStore(tables, names),
+            runs=RunStore(tables, names),
         )
 
     async def mappings(self) -> dict[str, TableMapping]:

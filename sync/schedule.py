@@ -1,0 +1,97 @@
+"""The scheduled synchronization: BC's job queue entries, spread over instances.
+
+The timer starts a *run*: it stores the run's dependency graph (``coupling.runs``) and enqueues one message per
+mapping whose dependencies are satisfied (SALESPEOPLE, CURRENCY, PAYMENT TERMS, ... first). Each message is
+handled by a queue-triggered invocation - on whichever instance the Functions host scales out to - which takes
+the mapping's lease (no two runs of one mapping ever overlap), runs its To pass then its From pass, releases the
+lease and enqueues the mappings that just became ready. A message whose invocation dies is delivered again by the
+queue; the run resumes from the stored watermarks and loses nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from . import errors
+from .engine import PassResult, run_mapping
+from .mappings import TableMapping
+
+log = logging.getLogger(__name__)
+
+LEASE_DURATION = timedelta(minutes=5)
+LEASE_RENEW_EVERY = 60.0  # seconds; well inside the lease duration
+
+
+def scheduled_mappings(mappings: dict[str, TableMapping]) -> dict[str, TableMapping]:
+    """The mappings a scheduled run synchronizes (option mappings are not synchronized by this version)."""
+    return {n: m for n, m in mappings.items() if not m.is_option_mapping}
+
+
+def dependency_graph(mappings: dict[str, TableMapping]) -> dict[str, list[str]]:
+    """mapping -> its dependencies that are part of the run (others count as satisfied)."""
+    return {n: [d for d in m.dependencies if d in mappings] for n, m in mappings.items()}
+
+
+def message(run_id: str, mapping: str) -> str:
+    import json
+
+    return json.dumps({"kind": "mapping", "runId": run_id, "mapping": mapping})
+
+
+async def start_run(rt: Any) -> tuple[str, list[str]]:
+    """Store a new run and return ``(run id, queue messages)`` for the mappings that can start at once."""
+    mappings = scheduled_mappings(await rt.mappings())
+    run_id = uuid.uuid4().hex
+    ready = await rt.runs.create(run_id, dependency_graph(mappings))
+    return run_id, [message(run_id, name) for name in ready]
+
+
+@dataclass
+class MappingRunResult:
+    mapping: str
+    outcome: str  # "finished" | "failed" | "already running"
+    passes: list[PassResult]
+    message: str | None = None
+
+
+async def run_scheduled_mapping(rt: Any, run_id: str, name: str, owner: str) -> tuple[MappingRunResult, list[str]]:
+    """Run one mapping of a scheduled run under its lease; returns the result and the messages of the mappings
+    that became ready."""
+    mappings = await rt.mappings()
+    mapping = mappings.get(name)
+    lease = await rt.leases.acquire(f"mapping-{name}", owner, LEASE_DURATION)
+    if lease is None:
+        result = MappingRunResult(name, "already running", [], f"Another run of {name} is in progress; skipped.")
+        log.info(result.message)
+    else:
+        held = [lease]  # the renewer replaces it: the release needs the latest etag
+        renewer = asyncio.create_task(_keep_lease(rt, held))
+        try:
+            if mapping is None:
+                result = MappingRunResult(name, "failed", [], f"Unknown table mapping {name}.")
+            else:
+                passes = await run_mapping(rt, mapping)
+                result = MappingRunResult(name, "finished", passes)
+        except errors.SyncError as exc:
+            log.warning("scheduled run of %s failed: %s", name, exc.message)
+            result = MappingRunResult(name, "failed", [], exc.message)
+        finally:
+            renewer.cancel()
+            await rt.leases.release(held[0])
+    ready = await rt.runs.complete(run_id, name, outcome=result.outcome)
+    return result, [message(run_id, n) for n in ready]
+
+
+async def _keep_lease(rt: Any, held: list) -> None:
+    try:
+        while True:
+            await asyncio.sleep(LEASE_RENEW_EVERY)
+            held[0] = await rt.leases.renew(held[0], LEASE_DURATION)
+    except asyncio.CancelledError:
+        pass
+    except errors.SyncError as exc:  # lost it: the pass goes on; its writes are safe to repeat
+        log.warning("lease %s lost: %s", held[0].name, exc.message)
