@@ -5,9 +5,9 @@ function. Settings are read at first use (``sync.settings.get_settings``).
 """
 import azure.functions as func
 
-from api import couplings, mappings, meta
+from api import couplings, mappings, meta, sync
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
-for blueprint in (meta.bp, mappings.bp, couplings.bp):
+for blueprint in (meta.bp, mappings.bp, couplings.bp, sync.bp):
     app.register_functions(blueprint)

@@ -6,6 +6,7 @@ import azure.functions as func
 from coupling import service
 from sync import errors
 from sync.runtime import get_runtime
+from sync.sync_now import resolve_direction, sync_now
 
 from . import openapi as oa
 from .http import field, guid, guid_list, http_endpoint, json_response, query_param, read_json, reject_unknown
@@ -42,6 +43,10 @@ COUPLING = oa.define("Coupling", oa.obj("Coupling", "One BC record coupled with 
 _COUPLE_RESULT = oa.obj("Couple result", "The coupling and whether this request made it.", {
     "coupling": COUPLING,
     "created": oa.prop("boolean", "Created", "False when the same coupling already existed (a repeated request)."),
+    "synchronization": oa.obj("Synchronization", "With syncAfterCoupling: what the synchronization did.", {
+        "direction": oa.prop("string", "Direction", "The direction synchronized."),
+        "jobs": oa.array("Jobs", "The job of the pass.", oa.prop("string", "Job ID", "A job id.")),
+    }),
 })
 
 oa.operation(
@@ -85,14 +90,18 @@ async def couple(req: func.HttpRequest) -> func.HttpResponse:
                                   code="InvalidIds")
     rt = get_runtime()
     mapping = await rt.mapping(body.get("mapping"))
-    if sync_after is not None:
-        raise errors.NotSupported("'syncAfterCoupling' needs the synchronization engine, which this version does "
-                                  "not have yet: couple without it.")
+    direction = resolve_direction(mapping, sync_after, single=True) if sync_after is not None else None
     if create_new:
         coupling, created = await service.create_new(rt, mapping, bc_id=bc_id, dataverse_id=dv_id)
     else:
         coupling, created = await service.couple_existing(rt, mapping, bc_id, dv_id)  # type: ignore[arg-type]
-    return json_response({"coupling": service.coupling_json(coupling), "created": created}, 201 if created else 200)
+    payload: dict = {"coupling": service.coupling_json(coupling), "created": created}
+    if direction is not None:
+        synced = await sync_now(rt, mapping, bc_ids=[coupling.bc_id], direction=direction)
+        payload["synchronization"] = synced.to_json()
+        found = await rt.couplings.get_by_bc(mapping.name, coupling.bc_id)
+        payload["coupling"] = service.coupling_json(found or coupling)
+    return json_response(payload, 201 if created else 200)
 
 
 oa.operation(

@@ -86,16 +86,16 @@ def error_response(exc: errors.SyncError) -> func.HttpResponse:
     return json_response({"error": body}, status, headers)
 
 
-def http_endpoint(handler: Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]):
+def http_endpoint(handler: Callable[..., Awaitable[func.HttpResponse]]):
     """Wrap an async HTTP handler: typed errors -> their status; anything else -> a logged 500.
 
     A 500 here is a bug by definition: every client error must already be a ``RequestError``.
     """
 
-    @functools.wraps(handler)
-    async def wrapper(req: func.HttpRequest) -> func.HttpResponse:
+    @functools.wraps(handler)  # keeps the signature the worker matches against the bindings (e.g. a queue output)
+    async def wrapper(req: func.HttpRequest, *args, **kwargs) -> func.HttpResponse:
         try:
-            return await handler(req)
+            return await handler(req, *args, **kwargs)
         except errors.SyncError as exc:
             if _status_for(exc) >= 500:
                 log.warning("%s %s failed: %s: %s", req.method, req.url, exc.code, exc.message)

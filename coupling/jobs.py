@@ -45,8 +45,8 @@ __all__ = [
 
 DIRECTIONS = ("ToIntegrationTable", "FromIntegrationTable")
 KINDS = ("Synchronization", "SyncNow", "Coupling", "Uncoupling")
-STATUS_RUNNING, STATUS_FINISHED, STATUS_FAILED = "Running", "Finished", "Failed"
-STATUSES = (STATUS_RUNNING, STATUS_FINISHED, STATUS_FAILED)
+STATUS_QUEUED, STATUS_RUNNING, STATUS_FINISHED, STATUS_FAILED = "Queued", "Running", "Finished", "Failed"
+STATUSES = (STATUS_QUEUED, STATUS_RUNNING, STATUS_FINISHED, STATUS_FAILED)
 
 ALL_PARTITION = "~all"
 MAX_PAGE_SIZE = 1000
@@ -271,6 +271,12 @@ class JobStore:
         table = await self._jobs()
         for pk in (ALL_PARTITION, encode_key_part(job.mapping, what="mapping")):  # ~all first: see module doc
             await table.upsert_entity(_job_entity(job, pk), mode=UpdateMode.REPLACE)
+
+    async def enqueue(self, job: Job) -> Job:
+        """Store ``job`` as queued (work accepted, not started: an asynchronous sync-now). Returns it."""
+        stored = replace(job, status=STATUS_QUEUED, finished_at=None)
+        await self._write(stored)
+        return stored
 
     async def start(self, job: Job) -> Job:
         """Store ``job`` as running (2 writes). Returns the stored job."""

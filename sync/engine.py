@@ -79,6 +79,9 @@ class PassRequest:
     ``skip_destination_modified``: BC's multi-record sync-now rule (never overwrite newer data).
     ``clear_skipped``: the errors page's Synchronize: skipped couplings are taken up again.
     ``keep_outcomes``: return (and store on the job) one outcome per record.
+    ``uncoupled_by_mapping``: with ``ids``, treat uncoupled records as a scheduled pass does (ignored while the
+    mapping synchronizes only coupled records, else created when they pass the mapping's filter) instead of
+    skipping them as sync-now does - for changes that arrive by webhook.
     """
 
     mapping: TableMapping
@@ -89,6 +92,7 @@ class PassRequest:
     skip_destination_modified: bool = False
     clear_skipped: bool = False
     keep_outcomes: bool = False
+    uncoupled_by_mapping: bool = False
     details: dict | None = None
 
 
@@ -189,8 +193,16 @@ class _Pass:
             if c is not None and c.skipped:
                 self._record(Outcome(OutcomeKind.SKIPPED, Reason.COUPLING_SKIPPED,
                                      "The record is marked as skipped.", **self._ids(rid, _coupled_id(c, dst))))
-            elif c is None and self.req.ids is not None:  # sync-now and retries act on coupled records only
+            elif c is None and self.req.ids is not None and not self.req.uncoupled_by_mapping:
+                # sync-now and retries act on coupled records only
                 self._record(Outcome(OutcomeKind.SKIPPED, Reason.NOT_COUPLED, "The record is not coupled.",
+                                     **self._ids(rid, None)))
+            elif c is None and self.req.ids is not None and not self.mapping.sync_only_coupled_records \
+                    and not self.mapping.filter_for(src.name).matches(rec):
+                # fetched by id: the mapping's filter was not applied by the query
+                self._record(Outcome(OutcomeKind.IGNORED, Reason.NOT_COUPLED,
+                                     "The record is not coupled and is outside the mapping's filter: "
+                                     + self.mapping.filter_for(src.name).describe_failures(rec),
                                      **self._ids(rid, None)))
             elif c is None and self.mapping.sync_only_coupled_records:
                 self._record(Outcome(OutcomeKind.IGNORED, Reason.NOT_COUPLED, "The record is not coupled.",

@@ -13,10 +13,10 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from . import errors
+from . import cron, errors
 from .engine import PassResult, run_mapping
 from .mappings import TableMapping
 
@@ -34,6 +34,23 @@ def scheduled_mappings(mappings: dict[str, TableMapping]) -> dict[str, TableMapp
 def dependency_graph(mappings: dict[str, TableMapping]) -> dict[str, list[str]]:
     """mapping -> its dependencies that are part of the run (others count as satisfied)."""
     return {n: [d for d in m.dependencies if d in mappings] for n, m in mappings.items()}
+
+
+SCHEDULER_MARK = "~scheduler"
+"""Watermark row of the timer itself: the last moment it checked the schedule (so no slot fires twice)."""
+
+
+async def tick(rt: Any, now: datetime) -> tuple[str | None, list[str]]:
+    """One timer tick: when ``SYNC_SCHEDULE`` fired since the previous tick, start a run.
+    Returns ``(run id or None, queue messages)``."""
+    schedule = cron.parse(rt.settings.sync_schedule)
+    marks = await rt.watermarks.get(SCHEDULER_MARK)
+    last = marks.bc or now - timedelta(minutes=1)
+    fired = cron.due(schedule, last, now)
+    await rt.watermarks.advance(SCHEDULER_MARK, bc=now)
+    if fired is None:
+        return None, []
+    return await start_run(rt)
 
 
 def message(run_id: str, mapping: str) -> str:

@@ -95,8 +95,9 @@ class Settings:
         if not storage:
             raise ConfigurationError("SYNC_STORAGE_CONNECTION", "is not set (nor AzureWebJobsStorage)")
         schedule = (env.get("SYNC_SCHEDULE") or DEFAULT_SCHEDULE).strip()
-        if len(schedule.split()) != 6:
-            raise ConfigurationError("SYNC_SCHEDULE", f"must be a 6-field NCRONTAB expression, got {schedule!r}")
+        from .cron import parse as parse_cron
+
+        parse_cron(schedule)
         token = (env.get("LOCAL_DEV_TOKEN") or "").strip() or None
         if token and not (_is_loopback(bc) and _is_loopback(dv)):
             raise ConfigurationError(

@@ -163,9 +163,16 @@ async def test_list_couplings_with_continuation(app, bc_emulator, dv_emulator):
     assert unknown.status == 404 and unknown.json["error"]["code"] == "UnknownMapping"
 
 
-async def test_sync_after_coupling_is_501_until_the_engine_exists(app, bc_emulator, dv_emulator):
-    cust, acc = _customer(bc_emulator), _account(dv_emulator)
+async def test_sync_after_coupling(app, bc_emulator, dv_emulator):
+    cust, acc = _customer(bc_emulator, city="Porto"), _account(dv_emulator, address1_city="Faro")
     r = await app("couple", "POST", body={"mapping": "CUSTOMER", "bcId": cust["id"], "dataverseId": acc["accountid"],
                                          "syncAfterCoupling": "ToIntegrationTable"})
-    assert r.status == 501 and "synchronization engine" in r.json["error"]["message"]
-    assert await _all_couplings() == []
+    assert r.status == 201, r
+    assert r.json["synchronization"]["counts"]["modified"] == 1
+    assert dv_emulator.get("accounts", acc["accountid"])["address1_city"] == "Porto"
+    assert r.json["coupling"]["lastSynchToIntegrationTable"]["result"] == "Success"
+    other, other_acc = _customer(bc_emulator, "Other"), _account(dv_emulator, "Other", address1_city="Faro")
+    r = await app("couple", "POST", body={"mapping": "CUSTOMER", "bcId": other["id"],
+                                         "dataverseId": other_acc["accountid"],
+                                         "syncAfterCoupling": "FromIntegrationTable"})
+    assert r.status == 201 and bc_emulator.get("customers", other["id"])["city"] == "Faro"
