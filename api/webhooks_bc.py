@@ -1,0 +1,4 @@
+"""(Being written.)"""
+import azure.functions as func
+
+bp = func.Blueprint()
