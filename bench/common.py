@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @contextmanager
 def emulators(*args: str):
     """Start ``python -m emulators <args>``; set the app's settings in this process's environment; yield a
-    function returning the emulators' request counters."""
+    function that sends the child a command (``stats`` by default) and returns its JSON answer."""
     proc = subprocess.Popen([sys.executable, "-m", "emulators", *args], cwd=ROOT, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     try:
@@ -25,12 +25,12 @@ def emulators(*args: str):
         from sync.settings import reset_settings
         reset_settings()
 
-        def stats() -> dict:
-            proc.stdin.write("stats\n")
+        def command(text: str = "stats") -> dict:
+            proc.stdin.write(text + "\n")
             proc.stdin.flush()
             return json.loads(proc.stdout.readline())
 
-        yield stats
+        yield command
     finally:
         if proc.stdin:
             proc.stdin.close()
