@@ -115,6 +115,10 @@ oa.operation(
                           oa.prop("string", "BC record ID", "SystemId (GUID).")),
         "createNewIfNoMatch": oa.prop("boolean", "Create new if no match",
                                       "Create a Dataverse row for each record without a unique match, and couple it."),
+        "syncAfterCoupling": oa.prop("string", "Synchronize after coupling",
+                                     "Synchronize the newly coupled pairs in this direction (default: the mapping's "
+                                     "syncAfterMatchCoupling setting and conflict resolution, as BC does).",
+                                     enum=list(SYNC_DIRECTIONS), **{"x-ms-visibility": "advanced"}),
     }, required=["mapping"]))],
     responses={"200": ("The outcome per record.", oa.obj("Match result", "Counts and per-record outcomes.", {
         "mapping": oa.prop("string", "Table mapping", "The table mapping."),
@@ -137,17 +141,29 @@ oa.operation(
 @http_endpoint
 async def couple_match(req: func.HttpRequest) -> func.HttpResponse:
     body = read_json(req)
-    reject_unknown(body, {"mapping", "bcIds", "createNewIfNoMatch"})
+    reject_unknown(body, {"mapping", "bcIds", "createNewIfNoMatch", "syncAfterCoupling"})
     bc_ids = guid_list(body, "bcIds")
     create_new = field(body, "createNewIfNoMatch", bool)
+    sync_after = field(body, "syncAfterCoupling", str)
+    if sync_after is not None and sync_after not in SYNC_DIRECTIONS:
+        raise errors.RequestError(f"'syncAfterCoupling' must be one of {', '.join(SYNC_DIRECTIONS)}.",
+                                  code="InvalidField", details={"field": "syncAfterCoupling"})
     rt = get_runtime()
     mapping = await rt.mapping(body.get("mapping"))
+    direction = resolve_direction(mapping, sync_after, single=False) if sync_after is not None \
+        else service.direction_after_match(mapping)
     if create_new is None:
         create_new = mapping.create_new_if_no_match
     result = await service.match_couple(rt, mapping, bc_ids)
     if create_new:
         await service.create_new_for_unmatched(rt, mapping, result)
-    return json_response(result.to_json())
+    payload = result.to_json()
+    coupled = [r.bc_id for r in result.records if r.outcome == "coupled"]
+    if direction is not None and coupled:
+        synced = await service.synchronize_after_match(rt, mapping, coupled, direction)
+        payload["synchronization"] = {"direction": direction.value, "counts": synced.counts(),
+                                      "jobs": [p.job.id for p in synced.passes]}
+    return json_response(payload)
 
 
 oa.operation(

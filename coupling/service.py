@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from sync import errors, lookups, odata, rules
-from sync.mappings import BC, DATAVERSE, Direction, MatchCriterion, TableMapping
+from sync.mappings import BC, DATAVERSE, Direction, MatchCriterion, TableMapping, UpdateConflictResolution
 from sync.runtime import Runtime
 from sync.transfer import transfer
 
@@ -341,6 +341,42 @@ async def match_couple(rt: Runtime, mapping: TableMapping, bc_ids: list[str] | N
                                                    reason=already_coupled(mapping, outcome).message))
             else:
                 result.records.append(MatchOutcome(rec_id, "coupled", dv_id, priority))
+    return result
+
+
+def direction_after_match(mapping: TableMapping) -> Direction | None:
+    """BC's "Synch. After Match-Based Coupling": the mapping's direction, or for a Bidirectional mapping the side
+    its update-conflict resolution favours (None: both ways with normal change detection). None when off."""
+    if not mapping.sync_after_match_coupling:
+        return None
+    if mapping.direction is not Direction.BIDIRECTIONAL:
+        return mapping.direction
+    favours = {UpdateConflictResolution.SEND_UPDATE_TO_INTEGRATION: TO,
+               UpdateConflictResolution.GET_UPDATE_FROM_INTEGRATION: FROM}
+    return favours.get(mapping.update_conflict_resolution, Direction.BIDIRECTIONAL)
+
+
+async def synchronize_after_match(rt: Runtime, mapping: TableMapping, bc_ids: list[str], direction: Direction):
+    """Synchronize newly coupled pairs once, in ``direction``, as BC's one-off job after match-based coupling does
+    (Bidirectional: a To pass then a From pass with normal change detection)."""
+    from sync.engine import PassRequest, run_pass
+    from sync.sync_now import SyncNowResult
+
+    result = SyncNowResult(mapping.name, direction)
+    dv_ids = None
+    for d in ((TO, FROM) if direction is Direction.BIDIRECTIONAL else (direction,)):
+        if d is TO:
+            ids = bc_ids
+        else:
+            if dv_ids is None:
+                found = await rt.couplings.get_many_by_bc(mapping.name, bc_ids)
+                dv_ids = [found[b].dataverse_id for b in bc_ids if b in found]
+            ids = dv_ids
+        passed = await run_pass(rt, PassRequest(mapping, d, kind="Coupling", ids=ids,
+                                                forced=direction is not Direction.BIDIRECTIONAL,
+                                                keep_outcomes=len(ids) <= 1000))
+        result.passes.append(passed)
+        result.outcomes.extend(passed.outcomes)
     return result
 
 

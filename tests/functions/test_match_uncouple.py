@@ -166,3 +166,21 @@ async def test_uncoupling_an_account_uncouples_its_child_contacts(app, bc_emulat
 async def test_uncouple_client_errors(app, body):
     r = await app("uncouple", "POST", body=body)
     assert r.status == 400 and r.json["error"]["message"]
+
+
+async def test_match_then_synchronize_the_new_pairs(app, bc_emulator, dv_emulator):
+    cust = bc_emulator.create("customers", {"displayName": "Synced Match", "city": "Lille"})
+    acc = dv_emulator.create("accounts", {"name": "Synced Match", "customertypecode": 3, "address1_city": "Metz"})
+    r = await app("couple_match", "POST", body={"mapping": "CUSTOMER", "bcIds": [cust["id"]],
+                                               "syncAfterCoupling": "ToIntegrationTable"})
+    assert r.status == 200 and r.json["synchronization"]["counts"]["modified"] == 1
+    assert dv_emulator.get("accounts", acc["accountid"])["address1_city"] == "Lille"
+    # the mapping's own setting, as BC's "Synch. After Match-Based Coupling" with "Get Update from Integration"
+    patch = await app("update_mapping", "PATCH", route={"name": "CUSTOMER"}, body={
+        "syncAfterMatchCoupling": True, "updateConflictResolution": "GetUpdateFromIntegration"})
+    assert patch.status == 200, patch
+    other = bc_emulator.create("customers", {"displayName": "Get Match", "city": "Caen"})
+    dv_emulator.create("accounts", {"name": "Get Match", "customertypecode": 3, "address1_city": "Brest"})
+    r = await app("couple_match", "POST", body={"mapping": "CUSTOMER", "bcIds": [other["id"]]})
+    assert r.json["synchronization"]["direction"] == "FromIntegrationTable"
+    assert bc_emulator.get("customers", other["id"])["city"] == "Brest"
