@@ -81,6 +81,10 @@ class Coupling:
     from_job_id: str | None = None
     skipped: bool = False
     last_error: str | None = None
+    to_error: str | None = None
+    """The error of the last ToIntegrationTable pass when it failed (BC compares each direction's error with
+    that direction's previous one: the same failure twice marks the coupling skipped)."""
+    from_error: str | None = None
     coupled_at: datetime | None = None
     etag: tuple[str | None, str | None] | None = field(default=None, compare=False, repr=False)
 
@@ -95,6 +99,8 @@ class Coupling:
         self.coupled_at = _utc(self.coupled_at, "coupled_at")
         self.skipped = bool(self.skipped)
         self.last_error = _truncate(self.last_error)
+        self.to_error = _truncate(self.to_error)
+        self.from_error = _truncate(self.from_error)
 
 
 

@@ -93,6 +93,7 @@ _FIELDS = (  # (attribute, column)
     ("to_result", "ToResult"), ("to_job_id", "ToJobId"),
     ("from_result", "FromResult"), ("from_job_id", "FromJobId"),
     ("skipped", "Skipped"), ("last_error", "LastError"), ("coupled_at", "CoupledAt"),
+    ("to_error", "ToError"), ("from_error", "FromError"),
 )
 
 
@@ -109,6 +110,7 @@ def _entity(c: Coupling, row_key: str) -> dict[str, Any]:
         "to_result": c.to_result, "to_job_id": c.to_job_id,
         "from_result": c.from_result, "from_job_id": c.from_job_id,
         "skipped": bool(c.skipped), "last_error": _truncate(c.last_error),
+        "to_error": _truncate(c.to_error), "from_error": _truncate(c.from_error),
         "coupled_at": _utc(c.coupled_at, "coupled_at"),
     }
     for attr, column in _FIELDS:

@@ -579,13 +579,12 @@ def after_success(coupling: Coupling, direction: Direction | str, job_id: str | 
         # Like the timestamp: never back, and left alone when the opposite pass must still see the row's change.
         changes["dataverse_version"] = max(dataverse_version, coupling.dataverse_version or 0)
     if d is TO:
-        changes.update(to_result=RESULT_SUCCESS, to_job_id=job_id)
-        other_failed = coupling.from_result == RESULT_FAILURE
+        changes.update(to_result=RESULT_SUCCESS, to_job_id=job_id, to_error=None)
+        other_failed, other_error = coupling.from_result == RESULT_FAILURE, coupling.from_error
     else:
-        changes.update(from_result=RESULT_SUCCESS, from_job_id=job_id)
-        other_failed = coupling.to_result == RESULT_FAILURE
-    if not other_failed:
-        changes["last_error"] = None
+        changes.update(from_result=RESULT_SUCCESS, from_job_id=job_id, from_error=None)
+        other_failed, other_error = coupling.to_result == RESULT_FAILURE, coupling.to_error
+    changes["last_error"] = (other_error or coupling.last_error) if other_failed else None
     return replace(coupling, **changes)
 
 
@@ -599,13 +598,15 @@ def after_failure(coupling: Coupling, direction: Direction | str, job_id: str | 
         raise ValueError("a failure needs a message")
     failed = replace(coupling, last_error=message)  # the stored (possibly truncated) form of the message
     previous = coupling.to_result if d is TO else coupling.from_result
-    repeated = previous == RESULT_FAILURE and coupling.last_error is not None \
-        and coupling.last_error == failed.last_error
+    previous_error = coupling.to_error if d is TO else coupling.from_error
+    # Per direction, like BC (which compares with that direction's previous job error): in a two-way update
+    # conflict the To and From messages alternate, and each direction must still see its own repetition.
+    repeated = previous == RESULT_FAILURE and previous_error is not None and previous_error == failed.last_error
     changes: dict[str, Any] = {"skipped": coupling.skipped or repeated}
     if d is TO:
-        changes.update(to_result=RESULT_FAILURE, to_job_id=job_id)
+        changes.update(to_result=RESULT_FAILURE, to_job_id=job_id, to_error=failed.last_error)
     else:
-        changes.update(from_result=RESULT_FAILURE, from_job_id=job_id)
+        changes.update(from_result=RESULT_FAILURE, from_job_id=job_id, from_error=failed.last_error)
     return replace(failed, **changes)
 
 

@@ -606,3 +606,16 @@ def test_lcy_resolution_in_decide_from():
                  coupling=coupling(), destination=customer(), resolved=RESOLVED_FROM)
     assert eur.changes == {"currencyCode": "EUR"}
     assert LookupResolution(lcy_code="USD").lcy_dataverse_currency_id is None
+
+
+def test_each_direction_counts_its_own_repetition_in_a_two_way_conflict():
+    """To and From fail alternately with different messages: each direction's second identical failure skips."""
+    from coupling.model import Coupling as _C
+    from sync.rules import after_failure as _fail
+
+    c = _C("CUSTOMER", "5b2a3c1e-9f0d-4e8a-b7c6-1d2e3f4a5b6c", "6b2a3c1e-9f0d-4e8a-b7c6-1d2e3f4a5b6c")
+    c = _fail(c, "ToIntegrationTable", "j1", "to conflict")
+    c = _fail(c, "FromIntegrationTable", "j1", "from conflict")
+    assert not c.skipped and c.last_error == "from conflict"
+    c = _fail(c, "ToIntegrationTable", "j2", "to conflict")
+    assert c.skipped
