@@ -4,6 +4,7 @@ from __future__ import annotations
 import azure.functions as func
 
 from coupling import service
+from coupling.model import option_value_id
 from sync import errors
 from sync.runtime import get_runtime
 from sync.sync_now import resolve_direction, sync_now
@@ -20,6 +21,10 @@ _MAPPING = oa.prop("string", "Table mapping", "Name of the table mapping, e.g. C
                    **{"x-ms-visibility": "important"})
 _BC_ID = oa.prop("string", "BC record ID", "SystemId (GUID) of the Business Central record.")
 _DV_ID = oa.prop("string", "Dataverse row ID", "Primary id (GUID) of the Dataverse row.")
+_OPTION_VALUE = oa.prop("integer", "Dataverse option value",
+                        "Option mappings (PAYMENT TERMS, SHIPMENT METHOD): the value of the option in the Dataverse "
+                        "choice column, e.g. 3. Couplings store it as the pseudo-GUID dataverseId "
+                        "00000000-0000-0000-0000-<value in 12 hex digits>.")
 _RESULT = oa.obj("Last result", "Result and job of the last synchronization in that direction.", {
     "result": oa.prop("string", "Result", "Success or Failure; empty when never synchronized in that direction."),
     "jobId": oa.prop("string", "Job ID", "The synchronization job of that result."),
@@ -28,6 +33,7 @@ COUPLING = oa.define("Coupling", oa.obj("Coupling", "One BC record coupled with 
     "mapping": oa.prop("string", "Table mapping", "The table mapping of the coupling."),
     "bcId": _BC_ID,
     "dataverseId": _DV_ID,
+    "dataverseOptionValue": _OPTION_VALUE,
     "coupledAt": oa.prop("string", "Coupled at", "When the coupling was made (UTC).", format="date-time"),
     "skipped": oa.prop("boolean", "Skipped", "Excluded from synchronization until retried (errors page)."),
     "lastSynchModifiedOn": oa.prop("string", "BC modified on at last synch",
@@ -53,11 +59,15 @@ oa.operation(
     "/couple", "post", operation_id="CoupleRecords", summary="Couple a BC record with a Dataverse row",
     description=("Couples an existing Business Central record with an existing Dataverse row (BC: Set Up Coupling), "
                  "or, with createNew, creates the counterpart of one record in the other system and couples it "
-                 "(BC: Create New). Repeating the same request never creates a second record."),
+                 "(BC: Create New). Repeating the same request never creates a second record. Option mappings "
+                 "(PAYMENT TERMS, SHIPMENT METHOD) couple with an option value (dataverseOptionValue) instead of a "
+                 "row; createNew with bcId adds an option labelled with the BC code (or finds the option that has "
+                 "that label), with dataverseOptionValue it creates a BC record whose code is the label."),
     parameters=[oa.body_param(oa.obj("Couple request", "What to couple.", {
         "mapping": _MAPPING,
         "bcId": _BC_ID,
         "dataverseId": _DV_ID,
+        "dataverseOptionValue": _OPTION_VALUE,
         "createNew": oa.prop("boolean", "Create new", "Create the counterpart of the single id given, then couple."),
         "syncAfterCoupling": oa.prop("string", "Synchronize after coupling",
                                      "ToIntegrationTable (use the BC data) or FromIntegrationTable (use the Dataverse "
@@ -73,7 +83,7 @@ oa.operation(
 @http_endpoint
 async def couple(req: func.HttpRequest) -> func.HttpResponse:
     body = read_json(req)
-    reject_unknown(body, {"mapping", "bcId", "dataverseId", "createNew", "syncAfterCoupling"})
+    reject_unknown(body, {"mapping", "bcId", "dataverseId", "dataverseOptionValue", "createNew", "syncAfterCoupling"})
     create_new = field(body, "createNew", bool, default=False)
     sync_after = field(body, "syncAfterCoupling", str)
     if sync_after is not None and sync_after not in SYNC_DIRECTIONS:
@@ -81,15 +91,30 @@ async def couple(req: func.HttpRequest) -> func.HttpResponse:
                                   code="InvalidField", details={"field": "syncAfterCoupling"})
     bc_id = guid(body["bcId"], "bcId") if body.get("bcId") is not None else None
     dv_id = guid(body["dataverseId"], "dataverseId") if body.get("dataverseId") is not None else None
+    option = _option_value(body)
+    if option is not None:
+        if dv_id is not None:
+            raise errors.RequestError("Give 'dataverseId' (a row) or 'dataverseOptionValue' (an option of an option "
+                                      "mapping), not both.", code="InvalidIds")
+        dv_id = option_value_id(option)
     if create_new:
         if (bc_id is None) == (dv_id is None):
             raise errors.RequestError("With 'createNew', give exactly one of 'bcId' (create in Dataverse) or "
-                                      "'dataverseId' (create in Business Central).", code="InvalidIds")
+                                      "'dataverseId' / 'dataverseOptionValue' (create in Business Central).",
+                                      code="InvalidIds")
     elif bc_id is None or dv_id is None:
-        raise errors.RequestError("Give both 'bcId' and 'dataverseId', or one of them with \"createNew\": true.",
-                                  code="InvalidIds")
+        raise errors.RequestError("Give both 'bcId' and 'dataverseId' ('dataverseOptionValue' for an option mapping), "
+                                  "or one of them with \"createNew\": true.", code="InvalidIds")
     rt = get_runtime()
     mapping = await rt.mapping(body.get("mapping"))
+    if mapping.is_option_mapping and body.get("dataverseId") is not None:
+        raise errors.RequestError(f"Table mapping {mapping.name} is an option mapping: give 'dataverseOptionValue' "
+                                  "(the option value) instead of 'dataverseId'.", code="InvalidIds",
+                                  details={"field": "dataverseId"})
+    if option is not None and not mapping.is_option_mapping:
+        raise errors.RequestError(f"'dataverseOptionValue' is for option mappings; table mapping {mapping.name} "
+                                  "couples Dataverse rows: give 'dataverseId'.", code="InvalidIds",
+                                  details={"field": "dataverseOptionValue"})
     direction = resolve_direction(mapping, sync_after, single=True) if sync_after is not None else None
     if create_new:
         coupling, created = await service.create_new(rt, mapping, bc_id=bc_id, dataverse_id=dv_id)
@@ -104,17 +129,30 @@ async def couple(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(payload, 201 if created else 200)
 
 
+def _option_value(body: dict) -> int | None:
+    """``dataverseOptionValue``: an option value, or None when absent. Couplings store option values as pseudo-GUIDs,
+    so only values from 1 up can be coupled (0 would be the nil GUID)."""
+    value = field(body, "dataverseOptionValue", int)
+    if value is not None and not 1 <= value <= 2 ** 31 - 1:
+        raise errors.RequestError("'dataverseOptionValue' must be an option value: an integer from 1 to 2147483647.",
+                                  code="InvalidField", details={"field": "dataverseOptionValue"})
+    return value
+
+
 oa.operation(
     "/couple/match", "post", operation_id="CoupleByMatch", summary="Couple records by matching fields",
     description=("Match-based coupling: couples uncoupled BC records of a table mapping with the Dataverse rows whose "
                  "match fields (the mapping's matchCriteria, by priority) hold the same values. Zero or several "
-                 "matches, or a match already coupled, leave the record uncoupled with the reason."),
+                 "matches, or a match already coupled, leave the record uncoupled with the reason. Option mappings "
+                 "match the BC code with the option labels (case-insensitive); createNewIfNoMatch, their default, "
+                 "adds an option for each unmatched code."),
     parameters=[oa.body_param(oa.obj("Match request", "What to match.", {
         "mapping": _MAPPING,
         "bcIds": oa.array("BC record IDs", "The BC records to couple; leave out for every uncoupled record.",
                           oa.prop("string", "BC record ID", "SystemId (GUID).")),
         "createNewIfNoMatch": oa.prop("boolean", "Create new if no match",
-                                      "Create a Dataverse row for each record without a unique match, and couple it."),
+                                      "Create a Dataverse row (an option, for an option mapping) for each record "
+                                      "without a unique match, and couple it. Default: the mapping's setting."),
         "syncAfterCoupling": oa.prop("string", "Synchronize after coupling",
                                      "Synchronize the newly coupled pairs in this direction (default: the mapping's "
                                      "syncAfterMatchCoupling setting and conflict resolution, as BC does).",
@@ -126,7 +164,7 @@ oa.operation(
             name: oa.prop("integer", name[0].upper() + name[1:], f"Records with outcome {name}.")
             for name in service.OUTCOMES}),
         "records": oa.array("Records", "One outcome per BC record.", oa.obj("Record outcome", "What happened.", {
-            "bcId": _BC_ID, "dataverseId": _DV_ID,
+            "bcId": _BC_ID, "dataverseId": _DV_ID, "dataverseOptionValue": _OPTION_VALUE,
             "outcome": oa.prop("string", "Outcome", "coupled, created, alreadyCoupled, unmatched, failed, "
                                                     "notFound or outsideFilter."),
             "priority": oa.prop("integer", "Priority", "The match priority group that matched."),
@@ -168,12 +206,14 @@ async def couple_match(req: func.HttpRequest) -> func.HttpResponse:
 
 oa.operation(
     "/couplings/{mapping}", "get", operation_id="GetCouplings", summary="Get couplings of a table mapping",
-    description=("With bcId or dataverseId: the coupling of that record (404 when it is not coupled). Without: the "
-                 "mapping's couplings, a page at a time with a continuation token."),
+    description=("With bcId, dataverseId or dataverseOptionValue: the coupling of that record or option (404 when "
+                 "it is not coupled). Without: the mapping's couplings, a page at a time with a continuation token."),
     parameters=[
         oa.path_param("mapping", "Table mapping", "Name of the table mapping, e.g. CUSTOMER."),
         oa.query_param("bcId", "BC record ID", "SystemId of a BC record: return its coupling."),
         oa.query_param("dataverseId", "Dataverse row ID", "Id of a Dataverse row: return its coupling."),
+        oa.query_param("dataverseOptionValue", "Dataverse option value",
+                       "Option mappings: an option value; return its coupling.", kind="integer"),
         oa.query_param("pageSize", "Page size", "Couplings per page (1-1000, default 100).", kind="integer"),
         oa.query_param("continuation", "Continuation", "The continuation token of the previous page."),
     ],
@@ -191,6 +231,10 @@ oa.operation(
 @http_endpoint
 async def get_couplings(req: func.HttpRequest) -> func.HttpResponse:
     bc_id, dv_id = query_param(req, "bcId"), query_param(req, "dataverseId")
+    if query_param(req, "dataverseOptionValue") is not None:
+        if dv_id:
+            raise errors.RequestError("Give dataverseId or dataverseOptionValue, not both.", code="InvalidIds")
+        dv_id = option_value_id(_int_param(req, "dataverseOptionValue", default=1, low=1, high=2 ** 31 - 1))
     if bc_id and dv_id:
         raise errors.RequestError("Give bcId or dataverseId, not both.", code="InvalidIds")
     rt = get_runtime()

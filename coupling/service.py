@@ -18,7 +18,7 @@ from sync.runtime import Runtime
 from sync.transfer import transfer
 
 from .intents import CreateIntent
-from .model import Coupling
+from .model import Coupling, option_value_of
 from .store import CouplingExists
 
 log = logging.getLogger(__name__)
@@ -33,11 +33,14 @@ FROM = Direction.FROM_INTEGRATION_TABLE
 
 # --- JSON forms ----------------------------------------------------------------------------------------------------
 def coupling_json(c: Coupling) -> dict[str, Any]:
-    """A coupling as the API returns it (BC's CRM Integration Record, in BC's words)."""
+    """A coupling as the API returns it (BC's CRM Integration Record, in BC's words). An option mapping's coupling
+    (``dataverseId`` is an option value's pseudo-GUID) also gives ``dataverseOptionValue``."""
+    option = option_value_of(c.dataverse_id)
     return {
         "mapping": c.mapping,
         "bcId": c.bc_id,
         "dataverseId": c.dataverse_id,
+        **({"dataverseOptionValue": option} if option is not None else {}),
         "coupledAt": c.coupled_at,
         "skipped": c.skipped,
         "lastSynchModifiedOn": c.bc_modified_on,
@@ -48,12 +51,11 @@ def coupling_json(c: Coupling) -> dict[str, Any]:
     }
 
 
-def _require_record_mapping(mapping: TableMapping) -> None:
-    if mapping.is_option_mapping:
-        raise errors.Unprocessable(
-            f"Table mapping {mapping.name} is an option mapping: it couples BC records with option values of "
-            f"{mapping.dataverse_table}.{mapping.dataverse_primary_id}, which this operation does not handle.",
-            code="OptionMapping", details={"mapping": mapping.name})
+def _options() -> Any:
+    """Option mappings (couplings with option values) are handled by ``coupling.option_service``."""
+    from . import option_service
+
+    return option_service
 
 
 def _now() -> datetime:
@@ -99,7 +101,8 @@ def check_filters(mapping: TableMapping, bc_rec: dict | None, dv_row: dict | Non
 async def couple_existing(rt: Runtime, mapping: TableMapping, bc_id: str, dataverse_id: str) -> tuple[Coupling, bool]:
     """Couple two existing records. Returns ``(coupling, created)``; repeating the same request returns the same
     coupling with ``created`` False, so a retried call is harmless."""
-    _require_record_mapping(mapping)
+    if mapping.is_option_mapping:
+        return await _options().couple(rt, mapping, bc_id, dataverse_id)
     bc_rec, dv_row = await read_pair(rt, mapping, bc_id, dataverse_id)
     check_filters(mapping, bc_rec, dv_row)
     try:
@@ -195,6 +198,8 @@ class MatchOutcome:
         out: dict[str, Any] = {"bcId": self.bc_id, "outcome": self.outcome}
         if self.dataverse_id:
             out["dataverseId"] = self.dataverse_id
+            if option_value_of(self.dataverse_id) is not None:
+                out["dataverseOptionValue"] = option_value_of(self.dataverse_id)
         if self.priority is not None:
             out["priority"] = self.priority
         if self.reason:
@@ -307,7 +312,8 @@ async def match_couple(rt: Runtime, mapping: TableMapping, bc_ids: list[str] | N
     Both sides are read page by page and the Dataverse side is indexed by match key, so the work is
     O(N + M) with O(N / page size) list requests, never N x M.
     """
-    _require_record_mapping(mapping)
+    if mapping.is_option_mapping:
+        return await _options().match_couple(rt, mapping, bc_ids)
     groups = mapping.match_groups()
     if not groups:
         raise errors.Unprocessable(
@@ -475,7 +481,8 @@ async def create_new(rt: Runtime, mapping: TableMapping, *, bc_id: str | None,
     ``created`` False, and a repeat after a crash between the create and the coupling finds the record the first
     attempt made instead of creating a second one.
     """
-    _require_record_mapping(mapping)
+    if mapping.is_option_mapping:
+        return await _options().create_new(rt, mapping, bc_id=bc_id, dataverse_id=dataverse_id, job_id=job_id)
     if bc_id is not None:
         return await _create_in_dataverse(rt, mapping, bc_id, job_id)
     return await _create_in_bc(rt, mapping, dataverse_id, job_id)  # type: ignore[arg-type]
@@ -609,6 +616,8 @@ async def _create_in_bc(rt: Runtime, mapping: TableMapping, dataverse_id: str,
 
 async def create_new_for_unmatched(rt: Runtime, mapping: TableMapping, result: MatchResult) -> None:
     """Match-based coupling's "Create New in Case of No Match": a Dataverse row for each unmatched record."""
+    if mapping.is_option_mapping:
+        return await _options().create_new_for_unmatched(rt, mapping, result)
     _require_direction(mapping, TO)
     limiter = asyncio.Semaphore(8)
 

@@ -28,6 +28,7 @@ from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
 from emulators import seed_data
 from emulators import dataverse_webhook as wh
+from emulators import dataverse_metadata
 from emulators.dataverse_batch import (BatchFormatError, BatchRequest, Changeset, ChangesetResponse, PartResponse,
                                        format_batch_response, parse_batch)
 from emulators.dataverse_query import (QueryError, Lit, compare_keys, compile_filter, not_found_property,
@@ -400,6 +401,8 @@ class DataverseEmulator(EmulatorServer):
                 "OrganizationId": self.ORGANIZATION_ID})
         if first == "$batch":
             raise DataverseError(400, "0x80060888", "Nested $batch requests are not allowed.")
+        if dataverse_metadata.handles(first):  # option-set metadata and its actions
+            return dataverse_metadata.route(self, call, segments, base)
         sm = _SEGMENT.match(first)
         t = self._by_set.get(sm.group(1)) if sm else None
         if t is None:
@@ -1259,6 +1262,8 @@ class DataverseEmulator(EmulatorServer):
         self._last_changed[(t.logical, new_id)] = tuple(k for k in row)
         if t.logical == "uomschedule":
             self._create_base_unit(row, call)
+        if self.webhooks is not None:
+            self.webhooks.written(t, new_id, "Create", call.caller, None)
         return row
 
     def _update(self, t: Table, row_id: str, fields: dict, call: _Call) -> dict:
@@ -1281,6 +1286,8 @@ class DataverseEmulator(EmulatorServer):
         if t.logical == "uomschedule" and "baseuomname" in changes and changes["baseuomname"] != \
                 old.get("baseuomname"):
             self._rename_base_unit(row, call)
+        if self.webhooks is not None:
+            self.webhooks.written(t, row_id, "Update", call.caller, old)
         return row
 
     def _delete(self, t: Table, row_id: str, call: _Call) -> None:
@@ -1290,6 +1297,8 @@ class DataverseEmulator(EmulatorServer):
         old = self._rows[t.logical].get(row_id)
         if old is None:
             return
+        if self.webhooks is not None:  # before anything is removed: a failing synchronous step leaves no trace
+            self.webhooks.written(t, row_id, "Delete", call.caller, old)
         for child_logical, child_id, column in sorted(self._refs.get((t.logical, row_id), set())):
             child_t = self.tables[child_logical]
             child = self._rows[child_logical].get(child_id)
@@ -1499,6 +1508,17 @@ class DataverseEmulator(EmulatorServer):
         self._change_versions.append(version)
 
     # -- webhooks -------------------------------------------------------------------------------------------
+    webhooks: Any = None
+    """The registered webhook steps (``dataverse_webhook_sender.WebhookSender``), once there is one."""
+
+    def register_webhook(self, url: str, **options: Any) -> Any:
+        """Register a webhook step; see ``dataverse_webhook_sender.WebhookSender.register``."""
+        from emulators.dataverse_webhook_sender import WebhookSender
+
+        if self.webhooks is None:
+            self.webhooks = WebhookSender(self)
+        return self.webhooks.register(url, **options)
+
     def webhook_context_for(self, entity_set: str, id: str, message: str, changed: dict | None = None,  # noqa: A002
                             before: dict | None = None, *, mode: int = 1, **kwargs: Any) -> dict:
         """The RemoteExecutionContext Dataverse would post for an edit made by a person on a stored row.

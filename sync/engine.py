@@ -366,9 +366,10 @@ async def run_pass(rt: Any, req: PassRequest, *, job: Job | None = None) -> Pass
     if not mapping.direction.includes(d):
         raise errors.Unprocessable(f"The Integration Table Mapping {mapping.name} is not configured for {d.value} "
                                    "synchronization.", code="DirectionNotAllowed")
-    if mapping.is_option_mapping:
-        raise errors.NotSupported(f"Table mapping {mapping.name} is an option mapping; option mappings are not "
-                                  "synchronized by this version.")
+    if mapping.is_option_mapping:  # the Dataverse side is an option set (metadata API): its own pass
+        from .option_sync import run_option_pass
+
+        return await run_option_pass(rt, req, job=job)
     job = await rt.jobs.start(job or rt.jobs.new_job(mapping.name, d.value, req.kind, details=req.details))
     p = _Pass(rt, req, job)
     started = job.started_at

@@ -27,8 +27,9 @@ LEASE_RENEW_EVERY = 60.0  # seconds; well inside the lease duration
 
 
 def scheduled_mappings(mappings: dict[str, TableMapping]) -> dict[str, TableMapping]:
-    """The mappings a scheduled run synchronizes (option mappings are not synchronized by this version)."""
-    return {n: m for n, m in mappings.items() if not m.is_option_mapping}
+    """The mappings a scheduled run synchronizes: all of them, option mappings included (``sync.option_sync``);
+    the dependency order runs PAYMENT TERMS / SHIPMENT METHOD before CUSTOMER / VENDOR."""
+    return dict(mappings)
 
 
 def dependency_graph(mappings: dict[str, TableMapping]) -> dict[str, list[str]]:

@@ -16,6 +16,11 @@ Dataverse facts this client encodes (apis.md part A):
 * ``$batch``: multipart/mixed, at most 1000 operations per request; a changeset is atomic (``BatchOp.group``)
   and a failed changeset answers with one error for all its operations; ``Prefer: odata.continue-on-error``
   keeps the other operations running.
+* Choice columns' options come from the metadata API (``option_set``: ``EntityDefinitions(LogicalName=…)/
+  Attributes(LogicalName=…)/Microsoft.Dynamics.CRM.PicklistAttributeMetadata?$expand=OptionSet``); options are
+  added / relabelled with the unbound actions ``InsertOptionValue`` / ``UpdateOptionValue`` (``Label`` =
+  ``{"LocalizedLabels": [{"Label", "LanguageCode": 1033}]}``; ``InsertOptionValue`` answers ``NewOptionValue``).
+  Assumption: no ``PublishXml`` is needed before rows may hold a new option value.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from .transport import (BatchOp, BatchResult, Counters, ErrorInfo, RetryPolicy, 
                         fetch_many, make_error, new_boundary, parse_retry_after)
 
 __all__ = ["DataverseClient", "EntitySet", "ENTITY_SETS", "BatchOp", "BatchResult", "parse_multipart",
-           "parse_batch_response", "etag_of"]
+           "parse_batch_response", "etag_of", "option_label"]
 
 MAX_BATCH_OPERATIONS = 1000
 MAX_PAGE_SIZE = 5000
@@ -68,6 +73,41 @@ ENTITY_SETS: dict[str, EntitySet] = {e.name: e for e in (
 )}
 
 _ENTITY_ID_RE = re.compile(r"\(([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})\)\s*$")
+
+
+BASE_LANGUAGE = 1033
+"""LanguageCode of the labels this client writes (English, the base language of a default org)."""
+_LOGICAL_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def _logical_name(name: str) -> str:
+    if not isinstance(name, str) or not _LOGICAL_NAME_RE.fullmatch(name):
+        raise ValueError(f"not a Dataverse logical name: {name!r}")
+    return name
+
+
+def _label_body(text: str, language_code: int) -> dict[str, Any]:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("an option label must be non-empty text")
+    return {"@odata.type": "Microsoft.Dynamics.CRM.Label",
+            "LocalizedLabels": [{"@odata.type": "Microsoft.Dynamics.CRM.LocalizedLabel", "Label": text,
+                                 "LanguageCode": int(language_code)}]}
+
+
+def option_label(label: Mapping[str, Any] | None, language_code: int = BASE_LANGUAGE) -> str:
+    """The text of a metadata ``Label``: ``UserLocalizedLabel``, else the ``language_code`` localized label, else
+    the first localized label, else ``""``."""
+    if not isinstance(label, Mapping):
+        return ""
+    user = label.get("UserLocalizedLabel")
+    if isinstance(user, Mapping) and isinstance(user.get("Label"), str):
+        return user["Label"]
+    localized = [item for item in label.get("LocalizedLabels") or [] if isinstance(item, Mapping)]
+    for item in localized:
+        if item.get("LanguageCode") == language_code and isinstance(item.get("Label"), str):
+            return item["Label"]
+    first = localized[0].get("Label") if localized else None
+    return first if isinstance(first, str) else ""
 
 
 def etag_of(record: Mapping[str, Any] | None) -> str | None:
@@ -281,6 +321,51 @@ class DataverseClient:
         response = await self.transport.request(method, url, params=params, json=json, headers=headers,
                                                 idempotent=idempotent)
         return response.json() if response.content else None
+
+    # -- option-set metadata (choice columns) ------------------------------------------------------------
+    def option_set_url(self, table: str, column: str) -> str:
+        """``EntityDefinitions(LogicalName='<t>')/Attributes(LogicalName='<c>')/…PicklistAttributeMetadata``."""
+        return (f"{self.api_url}/EntityDefinitions(LogicalName={odata.literal(_logical_name(table))})"
+                f"/Attributes(LogicalName={odata.literal(_logical_name(column))})"
+                "/Microsoft.Dynamics.CRM.PicklistAttributeMetadata")
+
+    async def option_set(self, table: str, column: str) -> list[dict[str, Any]]:
+        """The options of a local choice column: ``[{"value": int, "label": str}]`` in the service's order.
+
+        One metadata request (``$select=LogicalName&$expand=OptionSet``). The label is the one in the caller's
+        language (``Label.UserLocalizedLabel``), else the 1033 (English) localized label, else the first one.
+        A missing table or column is ``UpstreamNotFound``."""
+        data = await self.request_json("GET", self.option_set_url(table, column),
+                                       params={"$select": "LogicalName", "$expand": "OptionSet"})
+        options = ((data or {}).get("OptionSet") or {}).get("Options") or []
+        return [{"value": int(o["Value"]), "label": option_label(o.get("Label"))} for o in options]
+
+    async def insert_option(self, table: str, column: str, label: str, *, value: int | None = None,
+                            language_code: int = BASE_LANGUAGE) -> int:
+        """Add an option to a local choice column (``InsertOptionValue``); returns its value (``NewOptionValue``).
+
+        Without ``value`` the service chooses it (the publisher's prefix range, e.g. 100000000 and up). Not
+        idempotent: a lost answer raises ``UpstreamOutcomeUnknown`` and is never replayed - read ``option_set``
+        and look for the label. A duplicate label or value is refused (``UpstreamValidation``)."""
+        body: dict[str, Any] = {"EntityLogicalName": _logical_name(table),
+                                "AttributeLogicalName": _logical_name(column),
+                                "Label": _label_body(label, language_code)}
+        if value is not None:
+            body["Value"] = int(value)
+        data = await self.request_json("POST", f"{self.api_url}/InsertOptionValue", json=body)
+        try:
+            return int((data or {})["NewOptionValue"])
+        except (KeyError, TypeError, ValueError):
+            raise UpstreamError("dataverse", "dataverse: InsertOptionValue answered without NewOptionValue",
+                                method="POST", url=f"{self.api_url}/InsertOptionValue") from None
+
+    async def update_option_label(self, table: str, column: str, value: int, label: str, *,
+                                  language_code: int = BASE_LANGUAGE) -> None:
+        """Relabel an option (``UpdateOptionValue``, ``MergeLabels`` true: other languages are kept).
+        Idempotent (the same label again changes nothing), so it is retried like a PUT."""
+        body = {"EntityLogicalName": _logical_name(table), "AttributeLogicalName": _logical_name(column),
+                "Value": int(value), "Label": _label_body(label, language_code), "MergeLabels": True}
+        await self.request_json("POST", f"{self.api_url}/UpdateOptionValue", json=body, idempotent=True)
 
     # -- $batch --------------------------------------------------------------------------------------------
     async def batch(self, ops: Sequence[BatchOp], *, concurrent: bool = True) -> list[BatchResult]:

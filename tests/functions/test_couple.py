@@ -100,8 +100,9 @@ async def test_concurrent_couple_requests_for_one_record_exactly_one_wins(app, b
     assert len(couplings) == 1 and couplings[0].bc_id == cust["id"]
     # ... and the other way round: many BC records racing for one account
     customers = [_customer(bc_emulator, f"Racer {i}") for i in range(8)]
+    target = _account(dv_emulator, "Race target")  # not one the first race may have coupled
     results = await asyncio.gather(*(app("couple", "POST", body={
-        "mapping": "CUSTOMER", "bcId": c["id"], "dataverseId": accounts[1]["accountid"]}) for c in customers))
+        "mapping": "CUSTOMER", "bcId": c["id"], "dataverseId": target["accountid"]}) for c in customers))
     assert sorted(r.status for r in results) == [201] + [409] * 7
     assert len(await _all_couplings()) == 2
 
@@ -130,11 +131,13 @@ async def test_client_errors_are_4xx_and_write_nothing(app, raw, status, code):
     assert await _all_couplings() == []
 
 
-async def test_option_mappings_are_refused_by_couple(app, bc_emulator):
+async def test_option_mappings_take_an_option_value_not_a_row_id(app, bc_emulator):
     term = bc_emulator.all("paymentTerms")[0]
     r = await app("couple", "POST", body={"mapping": "PAYMENT TERMS", "bcId": term["id"],
                                          "dataverseId": str(uuid.uuid4())})
-    assert r.status == 422 and r.json["error"]["code"] == "OptionMapping"
+    assert r.status == 400 and r.json["error"]["code"] == "InvalidIds"
+    assert "dataverseOptionValue" in r.json["error"]["message"]
+    assert await _all_couplings("PAYMENT TERMS") == []
 
 
 async def test_list_couplings_with_continuation(app, bc_emulator, dv_emulator):

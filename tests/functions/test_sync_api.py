@@ -140,15 +140,17 @@ async def test_timer_starts_a_run_and_workers_follow_the_dependency_order(app, m
     queue = Capture()
     await registered_functions()["scheduled_sync"].get_user_function()(TimerRequest(past_due=False), queue)
     first = [json.loads(m)["mapping"] for m in queue.get()]
-    assert set(first) == {"SALESPEOPLE", "CURRENCY", "UNIT OF MEASURE"}
+    assert set(first) == {"SALESPEOPLE", "CURRENCY", "PAYMENT TERMS", "SHIPMENT METHOD", "UNIT OF MEASURE"}
     order, pending = [], list(queue.get())
     while pending:
         message = pending.pop(0)
         order.append(json.loads(message)["mapping"])
         pending += await _work(message)
-    assert set(order) == {"SALESPEOPLE", "CURRENCY", "UNIT OF MEASURE", "CUSTOMER", "VENDOR", "CONTACT",
-                          "ITEM-PRODUCT"}
+    assert set(order) == {"SALESPEOPLE", "CURRENCY", "PAYMENT TERMS", "SHIPMENT METHOD", "UNIT OF MEASURE",
+                          "CUSTOMER", "VENDOR", "CONTACT", "ITEM-PRODUCT"}
     assert order.index("CURRENCY") < order.index("CUSTOMER") < order.index("CONTACT")
+    assert order.index("PAYMENT TERMS") < min(order.index("CUSTOMER"), order.index("VENDOR"))
+    assert order.index("SHIPMENT METHOD") < order.index("CUSTOMER")
     assert order.index("UNIT OF MEASURE") < order.index("ITEM-PRODUCT")
     jobs = await app("list_jobs", params={"mapping": "CUSTOMER"})
     assert {j["direction"] for j in jobs.json["value"]} == {"ToIntegrationTable", "FromIntegrationTable"}
