@@ -51,6 +51,32 @@ def _check(status: int, body, expected: int) -> None:
         raise SystemExit(f"sandbox: unexpected answer {status}: {json.dumps(body)[:500]}")
 
 
+async def _coupling(bc_id: str) -> dict:
+    status, body = await _call("get_couplings", route={"mapping": "CUSTOMER"}, params={"bcId": bc_id})
+    return body["coupling"]
+
+
+def _short(counters: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counters.items() if v) or "nothing to do"
+
+
+async def _scheduled_run() -> dict:
+    """What the timer and the queue worker do, with every message handled here."""
+    from sync import schedule
+    from sync.runtime import get_runtime
+
+    rt = get_runtime()
+    run_id, pending = await schedule.start_run(rt)
+    counters: dict = {}
+    while pending:
+        message = json.loads(pending.pop(0))
+        result, ready = await schedule.run_scheduled_mapping(rt, run_id, message["mapping"], owner="sandbox")
+        for p in result.passes:
+            counters[f"{result.mapping} {p.job.direction}"] = p.counters.to_json()
+        pending += ready
+    return counters
+
+
 async def run(report: Report, bc: BCEmulator, dv: DataverseEmulator) -> None:
     from sync.runtime import close_runtime, get_runtime
 
@@ -68,19 +94,77 @@ async def run(report: Report, bc: BCEmulator, dv: DataverseEmulator) -> None:
         report.line(m["name"], f"{m['bcEntitySet']} {arrow} {m['dataverseEntitySet']}"
                                f"  ({sum(f['enabled'] for f in m['fieldMappings'])} field mappings)")
 
-    report.section("Match-based coupling of the seed data (CUSTOMER, by name then phone)")
-    status, body = await _call("couple_match", "POST", body={"mapping": "CUSTOMER"})
+    report.section("Couple what customers depend on (BC: salespeople and currencies first)")
+    users = [u for u in dv.all("systemusers") if u.get("islicensed") and not u.get("isintegrationuser")
+             and not u.get("isdisabled")]
+    people = sorted(bc.all("salespeoplePurchasers"), key=lambda p: p["code"])
+    for person, user in zip(people, users):
+        status, body = await _call("couple", "POST", body={"mapping": "SALESPEOPLE", "bcId": person["id"],
+                                                           "dataverseId": user["systemuserid"]})
+        _check(status, body, 201)
+    report.line("POST /api/couple x" + str(min(len(people), len(users))),
+                ", ".join(f"{p['code']} -> {u['fullname']}" for p, u in zip(people, users)))
+    for name, how in (("CURRENCY", "by ISO code"), ("PAYMENT TERMS", "code = option label"),
+                      ("SHIPMENT METHOD", "code = option label")):
+        status, body = await _call("couple_match", "POST", body={"mapping": name})
+        _check(status, body, 200)
+        report.line("POST /api/couple/match", f"{name} {how}: " + ", ".join(
+            f"{k} {v}" for k, v in body["counts"].items() if v))
+
+    report.section("Match-based coupling of the seed data (CUSTOMER, by name then phone), then a full sync")
+    status, body = await _call("couple_match", "POST", body={"mapping": "CUSTOMER",
+                                                             "syncAfterCoupling": "ToIntegrationTable"})
     _check(status, body, 200)
     counts = body["counts"]
     report.line("POST /api/couple/match", ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     coupled = [r for r in body["records"] if r["outcome"] == "coupled"]
-    for r in coupled[:3]:
+    for r in coupled[:2]:
         name = bc.get("customers", r["bcId"])["displayName"]
-        report.line("  coupled", f"{name!r} -> account {r['dataverseId']} (priority {r['priority']})")
+        report.line("  coupled", f"{name!r} -> account {r['dataverseId'][:8]}... (priority {r['priority']})")
     unmatched = [r for r in body["records"] if r["outcome"] == "unmatched"]
     if unmatched:
         name = bc.get("customers", unmatched[0]["bcId"])["displayName"]
         report.line("  e.g. unmatched", f"{name!r}: {unmatched[0]['reason']}")
+    sync = body["synchronization"]["counts"]
+    report.line("  synchronized (BC data)", ", ".join(f"{k} {v}" for k, v in sync.items() if v))
+    if sync.get("failed"):
+        status, job = await _call("get_job", route={"id": body["synchronization"]["jobs"][0]})
+        report.line("  e.g. failed", job["errors"][0]["message"] if job.get("errors") else "")
+    coupled = [r for r in coupled if (await _coupling(r["bcId"]))["lastSynchToIntegrationTable"]["result"]
+               == "Success"]
+
+    report.section("Scheduled synchronization: an incremental change each way, then a run that writes nothing")
+    first, second = coupled[0], coupled[1]
+    bc.update("customers", first["bcId"], {"phoneNumber": "+1 206 555 0199"})
+    dv.update("accounts", second["dataverseId"], {"address1_city": "Tacoma"})
+    counts = await _scheduled_run()
+    report.line("a person edits BC, Dataverse", "customer phone -> +1 206 555 0199; account city -> Tacoma")
+    report.line("timer + queue worker", f"CUSTOMER To: {_short(counts['CUSTOMER ToIntegrationTable'])}; "
+                                        f"From: {_short(counts['CUSTOMER FromIntegrationTable'])}")
+    report.line("  arrived", f"account phone {dv.get('accounts', first['dataverseId'])['telephone1']!r}, "
+                             f"customer city {bc.get('customers', second['bcId'])['city']!r}")
+    writes = bc.stats.writes + dv.stats.writes
+    counts = await _scheduled_run()
+    report.line("the next run", f"writes {bc.stats.writes + dv.stats.writes - writes}; CUSTOMER To: "
+                                f"{_short(counts['CUSTOMER ToIntegrationTable'])}")
+
+    report.section("A conflict lands on the errors page")
+    third = coupled[2]
+    bc.update("customers", third["bcId"], {"city": "Bern"})
+    dv.update("accounts", third["dataverseId"], {"address1_city": "Basel"})
+    await _scheduled_run()
+    counts = await _scheduled_run()
+    report.line("both sides changed the city", f"two runs: CUSTOMER To {_short(counts['CUSTOMER ToIntegrationTable'])}"
+                                               " (the same error twice: skipped)")
+    status, body = await _call("list_sync_errors", params={"mapping": "CUSTOMER"})
+    _check(status, body, 200)
+    entry = next(e for e in body["value"] if e["bcId"] == third["bcId"])
+    report.line("GET /api/errors", f"{len(body['value'])} skipped; {entry['lastError'][:96]}...")
+    status, body = await _call("synchronize_skipped", "POST", body={"mapping": "CUSTOMER", "bcIds": [third["bcId"]],
+                                                                   "direction": "ToIntegrationTable"})
+    _check(status, body, 200)
+    report.line("POST /api/errors/synchronize", f"BC wins: {_short(body['counts'])}; account city now "
+                                                f"{dv.get('accounts', third['dataverseId'])['address1_city']!r}")
 
     report.section("Couple one pair by hand, look it up, uncouple it")
     cust = bc.create("customers", {"displayName": "Sandbox Bikes", "city": "Seattle"})
@@ -90,9 +174,8 @@ async def run(report: Report, bc: BCEmulator, dv: DataverseEmulator) -> None:
     _check(status, body, 201)
     report.line("POST /api/couple", f"{status}: 'Sandbox Bikes' <-> 'Sandbox Bikes Inc.'")
     status, body = await _call("couple", "POST", body={"mapping": "CUSTOMER", "bcId": cust["id"],
-                                                       "dataverseId": coupled[0]["dataverseId"]}) \
-        if coupled else (409, None)
-    report.line("  again, to another account", f"{status} {body['error']['code'] if body else ''}")
+                                                       "dataverseId": coupled[0]["dataverseId"]})
+    report.line("  again, to another account", f"{status} {body['error']['code']}")
     status, body = await _call("get_couplings", route={"mapping": "CUSTOMER"}, params={"bcId": cust["id"]})
     _check(status, body, 200)
     report.line("GET /api/couplings/CUSTOMER", f"{status}: coupled at {body['coupling']['coupledAt']}")
@@ -127,6 +210,15 @@ async def run(report: Report, bc: BCEmulator, dv: DataverseEmulator) -> None:
     await close_runtime()
 
 
+async def _run_and_close(report: Report, bc: BCEmulator, dv: DataverseEmulator) -> None:
+    from sync.runtime import close_runtime
+
+    try:
+        await run(report, bc, dv)
+    finally:
+        await close_runtime()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve", action="store_true", help="keep running and serve the app on 127.0.0.1")
@@ -151,7 +243,7 @@ def main() -> int:
                                             f"{bc.count('items')} items)")
         report.line("Dataverse emulator", f"{dv.url}/api/data/v9.2  ({len(dv.all('accounts'))} accounts, "
                                           f"{len(dv.all('contacts'))} contacts, {len(dv.all('products'))} products)")
-        asyncio.run(run(report, bc, dv))
+        asyncio.run(_run_and_close(report, bc, dv))
         print(f"\nDone in {time.monotonic() - started:.1f} s.")
         if args.serve:
             host = LocalHost(registered_functions().values(), port=args.port)
