@@ -42,15 +42,18 @@ class TableNames:
     watermarks: str = field(init=False)
     leases: str = field(init=False)
     intents: str = field(init=False)
+    subscriptions: str = field(init=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefix, str) or not _PREFIX_RE.fullmatch(self.prefix):
             raise ConfigurationError("SYNC_TABLE_PREFIX", "must be 1-31 letters or digits, starting with a letter")
-        for purpose in ("couplings", "mappings", "jobs", "errors", "watermarks", "leases", "intents"):
+        for purpose in ("couplings", "mappings", "jobs", "errors", "watermarks", "leases", "intents",
+                        "subscriptions"):
             object.__setattr__(self, purpose, f"{self.prefix}{purpose.capitalize()}")
 
     def all(self) -> tuple[str, ...]:
-        return (self.couplings, self.mappings, self.jobs, self.errors, self.watermarks, self.leases, self.intents)
+        return (self.couplings, self.mappings, self.jobs, self.errors, self.watermarks, self.leases, self.intents,
+                self.subscriptions)
 
 
 # --- the service ------------------------------------------------------------------------------------------------------

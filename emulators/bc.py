@@ -12,8 +12,8 @@ the properties in ``$metadata`` order); a write replaces the dict, so a page can
 Each set keeps a sorted index ``(key, id)`` on its BC primary key (``number``/``code``): the default order and
 the keyset cursor of ``$skiptoken``, stable under concurrent inserts.
 
-Webhooks (item 10) are a later task: ``handle_subscriptions`` answers the ``subscriptions`` routes and
-``on_change`` receives every committed change; both are inert here.
+Webhooks: ``handle_subscriptions`` answers the ``subscriptions`` routes and ``on_change`` receives every committed
+change; both hand over to ``emulators/bc_subscriptions.py`` (``self.webhooks``).
 """
 from __future__ import annotations
 
@@ -268,15 +268,25 @@ class BCEmulator(EmulatorServer):
         except KeyError:
             raise KeyError(f"unknown BC entity set {entity_set!r}; known: {sorted(self._tables)}") from None
 
-    # -- webhook hooks (item 10, a later task) -------------------------------------------------------------
+    # -- webhooks (emulators/bc_subscriptions.py) -----------------------------------------------------------
+    @functools.cached_property
+    def webhooks(self):
+        """The ``subscriptions`` entity set and the notification sender (``SubscriptionHub``); tests configure it
+        (``bc.webhooks.configure(delay=0.05, collection_threshold=5, sender=...)``)."""
+        from .bc_subscriptions import SubscriptionHub
+
+        return SubscriptionHub(self)
+
     def on_change(self, entity_set: str, record_id: str, change_type: str, at: str) -> None:
         """Called once per committed change (``created``/``updated``/``deleted``), under ``self.lock``;
-        ``at`` is the record's new lastModifiedDateTime (or the deletion time). Inert until webhooks exist."""
+        ``at`` is the record's new lastModifiedDateTime (or the deletion time)."""
+        hub = self.__dict__.get("webhooks")  # no hub yet: nobody subscribed, nothing to notify
+        if hub is not None:
+            hub.on_change(entity_set, record_id, change_type, at)
 
     def handle_subscriptions(self, call: _Call, segments: list[str]) -> Response:
-        """``.../api/v2.0/subscriptions`` routes: not emulated yet."""
-        raise BCError(404, "BadRequest_NotFound",
-                      f"No HTTP resource was found that matches the request URI '{self.base_url}/{call.path}'.")
+        """``.../api/v2.0/subscriptions`` routes."""
+        return self.webhooks.handle(call, segments)
 
     # -- the write path ------------------------------------------------------------------------------------
     def _insert(self, table: _Table, fields: dict, *, system: dict | None = None,

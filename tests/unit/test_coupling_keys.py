@@ -184,9 +184,10 @@ def test_etag_is_not_part_of_equality():
 def test_table_names():
     names = TableNames("sync")
     assert (names.couplings, names.mappings, names.jobs, names.errors, names.watermarks, names.leases,
-            names.intents) == ("syncCouplings", "syncMappings", "syncJobs", "syncErrors", "syncWatermarks",
-                               "syncLeases", "syncIntents")
-    assert len(set(names.all())) == 7
+            names.intents, names.subscriptions) == ("syncCouplings", "syncMappings", "syncJobs", "syncErrors",
+                                                    "syncWatermarks", "syncLeases", "syncIntents",
+                                                    "syncSubscriptions")
+    assert len(set(names.all())) == 8
     assert all(re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,62}", n) for n in TableNames("a" * 31).all())
 
 
