@@ -86,6 +86,11 @@ def error_response(exc: errors.SyncError) -> func.HttpResponse:
     return json_response({"error": body}, status, headers)
 
 
+def _path(req: func.HttpRequest) -> str:
+    """The URL without its query string: ``?code=`` carries a function key, which must never reach the logs."""
+    return req.url.split("?", 1)[0]
+
+
 def http_endpoint(handler: Callable[..., Awaitable[func.HttpResponse]]):
     """Wrap an async HTTP handler: typed errors -> their status; anything else -> a logged 500.
 
@@ -98,10 +103,10 @@ def http_endpoint(handler: Callable[..., Awaitable[func.HttpResponse]]):
             return await handler(req, *args, **kwargs)
         except errors.SyncError as exc:
             if _status_for(exc) >= 500:
-                log.warning("%s %s failed: %s: %s", req.method, req.url, exc.code, exc.message)
+                log.warning("%s %s failed: %s: %s", req.method, _path(req), exc.code, exc.message)
             return error_response(exc)
         except Exception:  # noqa: BLE001 - the last line of defence; never leak internals
-            log.exception("unhandled error in %s %s", req.method, req.url)
+            log.exception("unhandled error in %s %s", req.method, _path(req))
             return json_response({"error": {"code": "InternalError",
                                             "message": "An unexpected error occurred; it was logged."}}, 500)
 

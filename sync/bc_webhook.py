@@ -37,7 +37,6 @@ import asyncio
 import hmac
 import json
 import logging
-import os
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -514,10 +513,10 @@ class ReconcileResult:
         return out
 
 
-def setting_url() -> str | None:
-    """``BC_WEBHOOK_URL``: the receiver URL BC should call (with ``?code=`` when the function needs a key).
-    Read at use, never at import."""
-    value = (os.environ.get(WEBHOOK_URL_SETTING) or "").strip()
+def setting_url(settings: Any) -> str | None:
+    """``BC_WEBHOOK_URL`` (``Settings.bc_webhook_url``): the receiver URL BC should call (with ``?code=`` when the
+    function needs a key)."""
+    value = settings.bc_webhook_url
     if not value:
         return None
     try:
@@ -592,7 +591,7 @@ async def reconcile_subscriptions(rt: Any, *, notification_url: str | None = Non
     store = store_of(rt)
     config = await store.get_config()
     if explicit:
-        url = notification_url or setting_url() or (config.notification_url if config else None) \
+        url = notification_url or setting_url(rt.settings) or (config.notification_url if config else None) \
             or (check_notification_url(derived_url) if derived_url else None)
         if not url:
             raise errors.RequestError("Give 'notificationUrl' (or set BC_WEBHOOK_URL): the receiver URL BC calls.",
@@ -602,7 +601,7 @@ async def reconcile_subscriptions(rt: Any, *, notification_url: str | None = Non
         if config is not None and not config.enabled:
             return ReconcileResult(config.notification_url, [], skipped="BC webhooks were removed; POST "
                                    "/api/webhooks/bc/subscriptions sets them up again.")
-        url = (config.notification_url if config else None) or setting_url()
+        url = (config.notification_url if config else None) or setting_url(rt.settings)
         if not url:
             return ReconcileResult(None, [], skipped="BC webhooks are not set up.")
     lease = await rt.leases.acquire(MANAGEMENT_LEASE, f"reconcile-{secrets.token_hex(8)}", MANAGEMENT_LEASE_DURATION)
@@ -757,5 +756,5 @@ async def list_subscriptions(rt: Any, now: datetime | None = None) -> dict:
                       "notificationUrl": redact_url(s.notification_url), "expirationDateTime": s.expires_at,
                       "status": status, "createdAt": s.created_at, "renewedAt": s.renewed_at})
     return {"enabled": bool(config and config.enabled),
-            "notificationUrl": redact_url(config.notification_url if config else setting_url()),
+            "notificationUrl": redact_url(config.notification_url if config else setting_url(rt.settings)),
             "entitySets": sorted(wanted), "value": value}

@@ -32,7 +32,7 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def _url(env: Mapping[str, str], name: str, *, required: bool = True) -> str:
+def _url(env: Mapping[str, str], name: str, *, required: bool = True, query_allowed: bool = False) -> str:
     value = (env.get(name) or "").strip()
     if not value:
         if required:
@@ -41,7 +41,7 @@ def _url(env: Mapping[str, str], name: str, *, required: bool = True) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(name, f"must be an absolute http(s) URL, got {value!r}")
-    if parts.query or parts.fragment:
+    if (parts.query and not query_allowed) or parts.fragment:
         raise ConfigurationError(name, "must not carry a query string or fragment")
     if parts.scheme == "http" and not _is_loopback(value):
         raise ConfigurationError(name, "must use https (plain http is only accepted for loopback emulators)")
@@ -59,6 +59,8 @@ class Settings:
     sync_schedule: str = DEFAULT_SCHEDULE
     local_dev_token: str | None = None
     dataverse_webhook_secret: str | None = None
+    bc_webhook_url: str | None = None
+    """The receiver URL BC's webhook subscriptions call (with ``?code=<key>``); optional."""
     table_prefix: str = "sync"
 
     @property
@@ -115,6 +117,7 @@ class Settings:
             sync_schedule=schedule,
             local_dev_token=token,
             dataverse_webhook_secret=(env.get("DATAVERSE_WEBHOOK_SECRET") or None),
+            bc_webhook_url=_url(env, "BC_WEBHOOK_URL", required=False, query_allowed=True) or None,
             table_prefix=prefix,
         )
 

@@ -81,3 +81,11 @@ def test_the_app_imports_and_lists_its_functions_without_any_setting():
                           cwd=root, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.strip()) >= 2
+
+
+def test_bc_webhook_url_is_optional_and_may_carry_the_function_key():
+    assert Settings.from_env(GOOD).bc_webhook_url is None
+    url = "https://sync.azurewebsites.net/api/webhooks/bc?code=abc"
+    assert Settings.from_env(dict(GOOD, BC_WEBHOOK_URL=url)).bc_webhook_url == url
+    with pytest.raises(ConfigurationError, match="BC_WEBHOOK_URL"):
+        Settings.from_env(dict(GOOD, BC_WEBHOOK_URL="http://sync.example.com/api/webhooks/bc"))
