@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 import time
 
 from emulators.azurite import Azurite
@@ -21,8 +22,10 @@ from emulators.server import DEFAULT_TOKEN
 
 from .host import LocalHost, invoke, registered_functions
 
+WEBHOOK_SECRET = "sandbox-webhook-secret"
+
 COMPANY_ID = "f64eba74-dacd-4854-a584-1834f68cfc3a"
-WIDTH = 30
+WIDTH = 36
 
 
 class Report:
@@ -166,6 +169,32 @@ async def run(report: Report, bc: BCEmulator, dv: DataverseEmulator) -> None:
     report.line("POST /api/errors/synchronize", f"BC wins: {_short(body['counts'])}; account city now "
                                                 f"{dv.get('accounts', third['dataverseId'])['address1_city']!r}")
 
+    report.section("Webhooks: a Dataverse edit and a BC edit arrive without waiting for the schedule")
+    host = LocalHost(registered_functions().values(), port=0)
+    threading.Thread(target=host.serve_forever, daemon=True, name="sandbox-host").start()
+    base = f"http://127.0.0.1:{host.port}/api"
+    dv.register_webhook(f"{base}/webhooks/dataverse", entity_sets=["accounts"], mode="async",
+                        headers={"X-Webhook-Secret": WEBHOOK_SECRET},
+                        filtering_attributes=["name", "address1_city", "telephone1"])
+    report.line("Dataverse webhook step", f"accounts, Update, async -> {base}/webhooks/dataverse")
+    status, body = await _call("bc_subscriptions_set_up", "POST", body={"notificationUrl": f"{base}/webhooks/bc"})
+    _check(status, body, 200)
+    bc.webhooks.configure(delay=0.5)  # BC waits ~30 s to coalesce changes; shortened here
+    report.line("POST /api/webhooks/bc/subscriptions", f"{status}: " + ", ".join(
+        f"{o['entitySet']} {o['outcome']}" for o in body["value"]))
+    via_dv, via_bc = coupled[3], coupled[4]
+    dv.update("accounts", via_dv["dataverseId"], {"telephone1": "+1 425 555 0777"})
+    bc.update("customers", via_bc["bcId"], {"city": "Spokane"})
+    started = time.monotonic()
+    for waiter in (dv.webhooks.wait_idle, bc.webhooks.wait_idle, host.wait_idle, bc.webhooks.wait_idle,
+                   host.wait_idle):
+        await asyncio.to_thread(waiter)
+    report.line("a person edits Dataverse", f"account phone -> customer phone "
+                                            f"{bc.get('customers', via_dv['bcId'])['phoneNumber']!r}")
+    report.line("a person edits BC", f"customer city -> account city "
+                                     f"{dv.get('accounts', via_bc['dataverseId'])['address1_city']!r} "
+                                     f"({time.monotonic() - started:.1f} s, no scheduled run)")
+
     report.section("Couple one pair by hand, look it up, uncouple it")
     cust = bc.create("customers", {"displayName": "Sandbox Bikes", "city": "Seattle"})
     acc = dv.create("accounts", {"name": "Sandbox Bikes Inc.", "customertypecode": 3})
@@ -206,7 +235,7 @@ async def run(report: Report, bc: BCEmulator, dv: DataverseEmulator) -> None:
     report.section("What it cost")
     report.line("BC API", f"{bc.stats.requests} HTTP requests, {bc.stats.writes} writes")
     report.line("Dataverse Web API", f"{dv.stats.requests} HTTP requests, {dv.stats.writes} writes")
-    report.line("Table Storage", f"{rt.tables.ops} operations")
+    report.line("Table Storage", f"{rt.tables.ops} operations (the report's own calls)")
     await close_runtime()
 
 
@@ -235,6 +264,7 @@ def main() -> int:
             "BC_API_BASE_URL": bc.base_url, "BC_COMPANY_ID": COMPANY_ID, "DATAVERSE_URL": dv.url,
             "SYNC_STORAGE_CONNECTION": azurite.connection_string, "AzureWebJobsStorage": azurite.connection_string,
             "LOCAL_DEV_TOKEN": DEFAULT_TOKEN, "SYNC_TABLE_PREFIX": "sandbox",
+            "DATAVERSE_WEBHOOK_SECRET": WEBHOOK_SECRET,
         })
         report.line("Azurite", f"tables, queues, blobs on 127.0.0.1:{azurite.ports['table']} "
                                f"(and {azurite.ports['queue']}, {azurite.ports['blob']})")

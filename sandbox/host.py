@@ -150,6 +150,7 @@ class LocalHost:
                     pattern = re.sub(r"\{(\w+)(?::[^}]*)?\}", r"(?P<\1>[^/]+)", b["route"])
                     self.routes.append((re.compile(f"^/api/{pattern}$"), set(b["methods"]), fn))
         self.queues = LocalQueues()
+        self._draining = 0
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True, name="app-loop").start()
         host = self
@@ -183,8 +184,26 @@ class LocalHost:
         outputs = _outputs(fn)
         resp = await fn.get_user_function()(req, **{k: c for k, (_, c) in outputs.items()})
         self.queues.put(_queued(outputs))
-        asyncio.get_running_loop().create_task(self.queues.drain())
+        asyncio.get_running_loop().create_task(self._drain())
         return resp
+
+    async def _drain(self) -> None:
+        self._draining += 1
+        try:
+            await self.queues.drain()
+        finally:
+            self._draining -= 1
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until every queued message was handled (or ``timeout`` seconds passed)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.queues.pending and not self._draining:
+                return True
+            time.sleep(0.02)
+        return False
 
     def dispatch(self, method: str, target: str, headers: dict, body: bytes):
         path = urlsplit(target).path
