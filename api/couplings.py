@@ -10,7 +10,8 @@ from sync.runtime import get_runtime
 from sync.sync_now import resolve_direction, sync_now
 
 from . import openapi as oa
-from .http import field, guid, guid_list, http_endpoint, json_response, query_param, read_json, reject_unknown
+from .http import (field, guid, guid_list, http_endpoint, int_param, json_response, query_param, read_json,
+                   reject_unknown)
 
 bp = func.Blueprint()
 
@@ -234,7 +235,7 @@ async def get_couplings(req: func.HttpRequest) -> func.HttpResponse:
     if query_param(req, "dataverseOptionValue") is not None:
         if dv_id:
             raise errors.RequestError("Give dataverseId or dataverseOptionValue, not both.", code="InvalidIds")
-        dv_id = option_value_id(_int_param(req, "dataverseOptionValue", default=1, low=1, high=2 ** 31 - 1))
+        dv_id = option_value_id(int_param(req, "dataverseOptionValue", default=1, low=1, high=2 ** 31 - 1))
     if bc_id and dv_id:
         raise errors.RequestError("Give bcId or dataverseId, not both.", code="InvalidIds")
     rt = get_runtime()
@@ -244,26 +245,12 @@ async def get_couplings(req: func.HttpRequest) -> func.HttpResponse:
             rt, mapping, bc_id=guid(bc_id, "bcId") if bc_id else None,
             dataverse_id=guid(dv_id, "dataverseId") if dv_id else None)
         return json_response({"coupling": service.coupling_json(found)})
-    page_size = _int_param(req, "pageSize", default=100, low=1, high=1000)
+    page_size = int_param(req, "pageSize", default=100, low=1, high=1000)
     items, token = await rt.couplings.list(mapping.name, page_size, query_param(req, "continuation"))
     payload: dict = {"value": [service.coupling_json(c) for c in items]}
     if token:
         payload["continuation"] = token
     return json_response(payload)
-
-
-def _int_param(req: func.HttpRequest, name: str, *, default: int, low: int, high: int) -> int:
-    raw = query_param(req, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise errors.RequestError(f"'{name}' must be an integer from {low} to {high}.", code="InvalidField",
-                                  details={"field": name})
-    return value
 
 
 oa.operation(

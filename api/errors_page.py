@@ -10,7 +10,7 @@ from sync.runtime import get_runtime
 from sync.sync_now import resolve_direction
 
 from . import openapi as oa
-from .http import field, guid_list, http_endpoint, json_response, query_param, read_json, reject_unknown
+from .http import field, guid_list, http_endpoint, int_param, json_response, query_param, read_json, reject_unknown
 
 bp = func.Blueprint()
 
@@ -97,10 +97,7 @@ oa.operation(
 @bp.route(route="errors", methods=["GET"])
 @http_endpoint
 async def list_sync_errors(req: func.HttpRequest) -> func.HttpResponse:
-    raw = query_param(req, "pageSize") or "100"
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise errors.RequestError("'pageSize' must be an integer from 1 to 1000.", code="InvalidField",
-                                  details={"field": "pageSize"})
+    page_size = int_param(req, "pageSize", default=100, low=1, high=1000)
     rt = get_runtime()
     name = query_param(req, "mapping")
     if name:
@@ -108,7 +105,7 @@ async def list_sync_errors(req: func.HttpRequest) -> func.HttpResponse:
     else:
         every = await rt.mappings()
         mappings = [every[n] for n in sorted(every) if not every[n].is_option_mapping]
-    entries, token = await errors_page.list_errors(rt, mappings, int(raw), query_param(req, "continuation"))
+    entries, token = await errors_page.list_errors(rt, mappings, page_size, query_param(req, "continuation"))
     payload: dict = {"value": [e.to_json() for e in entries]}
     if token:
         payload["continuation"] = token

@@ -192,3 +192,18 @@ def guid_list(data: dict[str, Any], name: str, *, max_items: int = 10_000) -> li
 def query_param(req: func.HttpRequest, name: str) -> str | None:
     value = req.params.get(name)
     return value if value not in (None, "") else None
+
+
+def int_param(req: func.HttpRequest, name: str, *, default: int, low: int, high: int) -> int:
+    """An integer query parameter within ``[low, high]`` (``default`` when absent), or a 400 naming it."""
+    raw = query_param(req, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise errors.RequestError(f"'{name}' must be an integer from {low} to {high}.", code="InvalidField",
+                                  details={"field": name})
+    return value

@@ -15,7 +15,7 @@ from sync.runtime import get_runtime
 from sync.sync_now import MAX_IDS, resolve_direction, sync_now
 
 from . import openapi as oa
-from .http import field, guid_list, http_endpoint, json_response, query_param, read_json, reject_unknown
+from .http import field, guid_list, http_endpoint, int_param, json_response, query_param, read_json, reject_unknown
 
 log = logging.getLogger(__name__)
 bp = func.Blueprint()
@@ -143,10 +143,8 @@ async def list_jobs(req: func.HttpRequest) -> func.HttpResponse:
     rt = get_runtime()
     name = query_param(req, "mapping")
     mapping = (await rt.mapping(name, member="mapping")).name if name else None
-    raw = query_param(req, "pageSize") or "50"
-    if not raw.isdigit() or not 1 <= int(raw) <= 200:
-        raise errors.RequestError("'pageSize' must be an integer from 1 to 200.", code="InvalidField")
-    jobs, token = await rt.jobs.list(mapping, int(raw), query_param(req, "continuation"))
+    page_size = int_param(req, "pageSize", default=50, low=1, high=200)
+    jobs, token = await rt.jobs.list(mapping, page_size, query_param(req, "continuation"))
     payload: dict = {"value": [job_json(j) for j in jobs]}
     if token:
         payload["continuation"] = token

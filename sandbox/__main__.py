@@ -64,20 +64,11 @@ def _short(counters: dict) -> str:
 
 
 async def _scheduled_run() -> dict:
-    """What the timer and the queue worker do, with every message handled here."""
+    """What the timer and the queue workers do, with every message handled here."""
     from sync import schedule
     from sync.runtime import get_runtime
 
-    rt = get_runtime()
-    run_id, pending = await schedule.start_run(rt)
-    counters: dict = {}
-    while pending:
-        message = json.loads(pending.pop(0))
-        result, ready = await schedule.run_scheduled_mapping(rt, run_id, message["mapping"], owner="sandbox")
-        for p in result.passes:
-            counters[f"{result.mapping} {p.job.direction}"] = p.counters.to_json()
-        pending += ready
-    return counters
+    return await schedule.run_inline(get_runtime(), owner="sandbox")
 
 
 async def run(report: Report, bc: BCEmulator, dv: DataverseEmulator) -> None:

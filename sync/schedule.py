@@ -113,3 +113,20 @@ async def _keep_lease(rt: Any, held: list) -> None:
         pass
     except errors.SyncError as exc:  # lost it: the pass goes on; its writes are safe to repeat
         log.warning("lease %s lost: %s", held[0].name, exc.message)
+
+
+async def run_inline(rt: Any, owner: str = "inline") -> dict[str, dict]:
+    """A whole scheduled run in this process, mapping after mapping in dependency order - what the timer and the
+    queue workers do across instances (the sandbox and the benchmarks use it). Returns
+    ``{"<mapping> <direction>": counters}``."""
+    import json
+
+    run_id, pending = await start_run(rt)
+    counters: dict[str, dict] = {}
+    while pending:
+        work = json.loads(pending.pop(0))
+        result, ready = await run_scheduled_mapping(rt, run_id, work["mapping"], owner=owner)
+        for p in result.passes:
+            counters[f"{result.mapping} {p.job.direction}"] = p.counters.to_json()
+        pending += ready
+    return counters

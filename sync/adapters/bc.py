@@ -23,15 +23,15 @@ import asyncio
 import json as jsonlib
 import re
 import uuid
-from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, AsyncIterator, Mapping, Sequence
 
 import httpx
 
 from .. import odata
 from ..errors import UpstreamError, UpstreamNotFound
 from .auth import TokenProvider, provider_from_settings
-from .transport import (BatchOp, BatchResult, Counters, ErrorInfo, RetryPolicy, Transport, batch_is_idempotent,
-                        fetch_many, make_error, parse_error_body, parse_retry_after)
+from .transport import (BatchOp, BatchResult, Counters, ErrorInfo, ODataReads, RetryPolicy, Transport,
+                        batch_is_idempotent, make_error, parse_error_body, parse_retry_after)
 
 __all__ = ["BCClient", "BatchOp", "BatchResult", "parse_bc_error", "etag_of"]
 
@@ -60,7 +60,7 @@ def etag_of(record: Mapping[str, Any] | None) -> str | None:
     return record.get("@odata.etag") if record else None
 
 
-class BCClient:
+class BCClient(ODataReads):
     """Client of one BC company. Build it with ``from_settings`` (or pass a ``Transport``).
 
     Methods take BC entity-set names (``customers``, ``contacts``, ``items``, ``currencies``, ``unitsOfMeasure``,
@@ -92,9 +92,8 @@ class BCClient:
             default_headers={"Accept": "application/json"})
         return cls(transport, settings.bc_api_base_url, settings.bc_company_id, **kwargs)
 
-    @property
-    def counters(self) -> Counters:
-        return self.transport.counters
+    def key_of(self, entity_set: str) -> str:
+        return self.key
 
     # -- URLs ----------------------------------------------------------------------------------------------
     def entity_url(self, entity_set: str, id: Any = None) -> str:
@@ -108,18 +107,6 @@ class BCClient:
         if id is not None:
             url += f"({odata.key(id)})"
         return Transport.with_query(url, params)
-
-    @staticmethod
-    def _query(*, filter: str | None = None, select: Sequence[str] | str | None = None,
-               orderby: Sequence[str] | str | None = None, expand: str | None = None,
-               top: int | None = None) -> dict[str, Any]:
-        return {
-            "$filter": filter or None,
-            "$select": odata.select(select) if select else None,
-            "$orderby": odata.orderby(orderby) if orderby else None,
-            "$expand": expand or None,
-            "$top": int(top) if top is not None else None,
-        }
 
     # -- reads ---------------------------------------------------------------------------------------------
     async def iter_pages(self, entity_set: str, *, filter: str | None = None,
@@ -135,37 +122,11 @@ class BCClient:
         async for page in self.transport.pages(self.entity_url(entity_set), params=params, headers=headers):
             yield page
 
-    async def list_all(self, entity_set: str, **query: Any) -> list[dict[str, Any]]:
-        """Every record of a query (all pages in memory); same keywords as ``iter_pages``."""
-        out: list[dict[str, Any]] = []
-        async for page in self.iter_pages(entity_set, **query):
-            out.extend(page)
-        return out
-
-    async def find(self, entity_set: str, filter: str, *, select: Sequence[str] | str | None = None,
-                   top: int | None = None) -> list[dict[str, Any]]:
-        """Records matching ``filter`` - e.g. the marker of a crash-safe create (BC can't take a chosen id)."""
-        return await self.list_all(entity_set, filter=filter, select=select, top=top)
-
     async def get(self, entity_set: str, id: Any, *, select: Sequence[str] | str | None = None,
                   expand: str | None = None) -> dict[str, Any]:
         """One record; ``UpstreamNotFound`` when it doesn't exist."""
         return await self.transport.get_json(self.entity_url(entity_set, id),
                                              params=self._query(select=select, expand=expand))
-
-    async def get_or_none(self, entity_set: str, id: Any, **kwargs: Any) -> dict[str, Any] | None:
-        try:
-            return await self.get(entity_set, id, **kwargs)
-        except UpstreamNotFound:
-            return None
-
-    async def get_many(self, entity_set: str, ids: Iterable[Any], *,
-                       select: Sequence[str] | str | None = None) -> dict[str, dict[str, Any]]:
-        """Records by id in few requests (``id eq a or id eq b …`` chunks, each URL <= ``max_url_length``).
-
-        Returns ``{id: record}`` (lower-case ids); ids that don't exist are simply absent.
-        """
-        return await fetch_many(self, entity_set, self.key, ids, select)
 
     async def companies(self) -> list[dict[str, Any]]:
         """The tenant's companies (``GET …/api/v2.0/companies``)."""

@@ -28,15 +28,15 @@ import asyncio
 import json as jsonlib
 import re
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, AsyncIterator, Mapping, Sequence
 
 import httpx
 
 from .. import odata
 from ..errors import UpstreamError, UpstreamNotFound
 from .auth import TokenProvider, provider_from_settings
-from .transport import (BatchOp, BatchResult, Counters, ErrorInfo, RetryPolicy, Transport, batch_is_idempotent,
-                        fetch_many, make_error, new_boundary, parse_retry_after)
+from .transport import (BatchOp, BatchResult, Counters, ErrorInfo, ODataReads, RetryPolicy, Transport,
+                        batch_is_idempotent, make_error, new_boundary, parse_retry_after)
 
 __all__ = ["DataverseClient", "EntitySet", "ENTITY_SETS", "BatchOp", "BatchResult", "parse_multipart",
            "parse_batch_response", "etag_of", "option_label"]
@@ -135,7 +135,7 @@ def _annotations(value: bool | str) -> str | None:
     return None
 
 
-class DataverseClient:
+class DataverseClient(ODataReads):
     """Client of one Dataverse environment. Build it with ``from_settings`` (or pass a ``Transport``)."""
 
     service = "dataverse"
@@ -161,10 +161,6 @@ class DataverseClient:
             dop_hint_header="x-ms-dop-hint")
         return cls(transport, settings.dataverse_api_url, **kwargs)
 
-    @property
-    def counters(self) -> Counters:
-        return self.transport.counters
-
     # -- entity-set knowledge ------------------------------------------------------------------------------
     def entity(self, entity_set: str) -> EntitySet:
         try:
@@ -175,6 +171,8 @@ class DataverseClient:
 
     def primary_key(self, entity_set: str) -> str:
         return self.entity(entity_set).primary_key
+
+    key_of = primary_key
 
     def logical_name(self, entity_set: str) -> str:
         return self.entity(entity_set).logical_name
@@ -195,18 +193,6 @@ class DataverseClient:
         path = f"{self.api_url}/{entity_set}"
         return f"{path}({odata.key(id)})" if id is not None else path
 
-    @staticmethod
-    def _query(*, filter: str | None = None, select: Sequence[str] | str | None = None,
-               orderby: Sequence[str] | str | None = None, expand: str | None = None,
-               top: int | None = None) -> dict[str, Any]:
-        return {
-            "$filter": filter or None,
-            "$select": odata.select(select) if select else None,
-            "$orderby": odata.orderby(orderby) if orderby else None,
-            "$expand": expand or None,
-            "$top": int(top) if top is not None else None,
-        }
-
     # -- reads ---------------------------------------------------------------------------------------------
     async def iter_pages(self, entity_set: str, *, filter: str | None = None,
                          select: Sequence[str] | str | None = None, orderby: Sequence[str] | str | None = None,
@@ -222,35 +208,12 @@ class DataverseClient:
         async for page in self.transport.pages(self.entity_url(entity_set), params=params, headers=headers):
             yield page
 
-    async def list_all(self, entity_set: str, **query: Any) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        async for page in self.iter_pages(entity_set, **query):
-            out.extend(page)
-        return out
-
-    async def find(self, entity_set: str, filter: str, *, select: Sequence[str] | str | None = None,
-                   top: int | None = None) -> list[dict[str, Any]]:
-        """Rows matching ``filter`` (build it with ``sync.odata``)."""
-        return await self.list_all(entity_set, filter=filter, select=select, top=top)
-
     async def get(self, entity_set: str, id: Any, *, select: Sequence[str] | str | None = None,
                   expand: str | None = None, annotations: bool | str = False) -> dict[str, Any]:
         """One row; ``UpstreamNotFound`` when it doesn't exist."""
         return await self.transport.get_json(self.entity_url(entity_set, id),
                                              params=self._query(select=select, expand=expand),
                                              headers=_prefer(_annotations(annotations)))
-
-    async def get_or_none(self, entity_set: str, id: Any, **kwargs: Any) -> dict[str, Any] | None:
-        try:
-            return await self.get(entity_set, id, **kwargs)
-        except UpstreamNotFound:
-            return None
-
-    async def get_many(self, entity_set: str, ids: Iterable[Any], *,
-                       select: Sequence[str] | str | None = None) -> dict[str, dict[str, Any]]:
-        """Rows by primary key in few requests (``pk eq a or pk eq b …`` chunks, URLs <= ``max_url_length``).
-        Returns ``{id: row}`` (lower-case ids); missing ids are absent."""
-        return await fetch_many(self, entity_set, self.primary_key(entity_set), ids, select)
 
     # -- writes --------------------------------------------------------------------------------------------
     async def create(self, entity_set: str, body: Mapping[str, Any], *, id: Any = None,

@@ -580,3 +580,50 @@ def _origin(url: str) -> str:
 
 def new_boundary(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4()}"
+
+
+class ODataReads:
+    """The read methods both clients share; each client provides ``iter_pages``, ``get``, ``transport`` and
+    ``key_of(entity_set)`` (the primary key property)."""
+
+    transport: Transport
+
+    @property
+    def counters(self) -> Counters:
+        return self.transport.counters
+
+    @staticmethod
+    def _query(*, filter: str | None = None, select: Sequence[str] | str | None = None,
+               orderby: Sequence[str] | str | None = None, expand: str | None = None,
+               top: int | None = None) -> dict[str, Any]:
+        return {
+            "$filter": filter or None,
+            "$select": odata.select(select) if select else None,
+            "$orderby": odata.orderby(orderby) if orderby else None,
+            "$expand": expand or None,
+            "$top": int(top) if top is not None else None,
+        }
+
+    async def list_all(self, entity_set: str, **query: Any) -> list[dict[str, Any]]:
+        """Every record of a query (all pages in memory); same keywords as ``iter_pages``."""
+        out: list[dict[str, Any]] = []
+        async for page in self.iter_pages(entity_set, **query):  # type: ignore[attr-defined]
+            out.extend(page)
+        return out
+
+    async def find(self, entity_set: str, filter: str, *, select: Sequence[str] | str | None = None,
+                   top: int | None = None) -> list[dict[str, Any]]:
+        """Records matching ``filter`` (build it with ``sync.odata``)."""
+        return await self.list_all(entity_set, filter=filter, select=select, top=top)
+
+    async def get_or_none(self, entity_set: str, id: Any, **kwargs: Any) -> dict[str, Any] | None:
+        try:
+            return await self.get(entity_set, id, **kwargs)  # type: ignore[attr-defined]
+        except UpstreamNotFound:
+            return None
+
+    async def get_many(self, entity_set: str, ids: Iterable[Any], *,
+                       select: Sequence[str] | str | None = None) -> dict[str, dict[str, Any]]:
+        """Records by id in few requests (``key eq a or key eq b ...`` chunks, each URL <= ``max_url_length``).
+        Returns ``{id: record}`` (lower-case ids); ids that don't exist are simply absent."""
+        return await fetch_many(self, entity_set, self.key_of(entity_set), ids, select)  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ import pytest
 from emulators import dataverse_webhook as wh
 from emulators.dataverse import DataverseError
 from emulators.dataverse_webhook_sender import LocalFunctionEndpoint
-from sandbox.host import registered_functions
+from sandbox.host import Capture, registered_functions
 from sync import engine
 from sync.runtime import get_runtime
 from sync.settings import reset_settings
@@ -25,18 +25,6 @@ pytestmark = pytest.mark.usefixtures("app_env")
 DATA = Path(__file__).resolve().parents[1] / "data" / "dataverse_webhook"
 SECRET = "s3cret-9f2c71d0"
 
-
-class Capture:
-    """Stands in for func.Out: what the function put on the queue."""
-
-    def __init__(self):
-        self.value = None
-
-    def set(self, value):
-        self.value = value
-
-    def get(self):
-        return self.value
 
 
 async def deliver(headers: dict, body: bytes, *, secret: str | None = None) -> tuple[Response, Capture]:

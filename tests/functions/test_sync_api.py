@@ -8,24 +8,12 @@ import azure.functions as func
 import pytest
 from azure.functions.timer import TimerRequest
 
-from sandbox.host import registered_functions
+from sandbox.host import Capture, registered_functions
 from sync.runtime import get_runtime
 from sync.settings import reset_settings
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
-
-class Capture:
-    """Stands in for func.Out: what the function would have put on the queue."""
-
-    def __init__(self):
-        self.value = None
-
-    def set(self, value):
-        self.value = value
-
-    def get(self):
-        return self.value
 
 
 async def _pair(app, bc, dv, name):

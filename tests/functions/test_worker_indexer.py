@@ -6,7 +6,6 @@ imports function_app.py and its Registry validates every function's bindings and
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 

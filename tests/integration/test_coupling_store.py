@@ -23,18 +23,6 @@ def gid() -> str:
 
 
 @pytest.fixture
-async def service(azurite):
-    svc = TableService(azurite.connection_string, retry_total=1)
-    yield svc
-    await svc.close()
-
-
-@pytest.fixture
-def names(table_prefix):
-    return TableNames(table_prefix)
-
-
-@pytest.fixture
 def store(service, names):
     return CouplingStore(service, names)
 

@@ -11,23 +11,10 @@ from coupling.jobs import (
     ALL_PARTITION, MAX_OUTCOMES_UNITS, Job, JobError, JobStore, _job_entity, fit_outcomes, job_id_for,
 )
 from coupling.model import MAX_ERROR_CHARS
-from coupling.tables import TableNames, TableService
 from sync.errors import RequestError
 
 TO, FROM = "ToIntegrationTable", "FromIntegrationTable"
 T0 = datetime(2024, 5, 1, 8, 0, 0, 123456, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-async def service(azurite):
-    svc = TableService(azurite.connection_string, retry_total=1)
-    yield svc
-    await svc.close()
-
-
-@pytest.fixture
-def names(table_prefix):
-    return TableNames(table_prefix)
 
 
 @pytest.fixture

@@ -4,20 +4,8 @@ from __future__ import annotations
 import pytest
 
 from coupling.mapping_store import MAX_OVERRIDES_CHARS, MappingSettingsChanged, MappingSettingsStore
-from coupling.tables import TableNames, TableService
+from coupling.tables import TableService
 from sync.errors import Conflict, RequestError
-
-
-@pytest.fixture
-async def service(azurite):
-    svc = TableService(azurite.connection_string, retry_total=1)
-    yield svc
-    await svc.close()
-
-
-@pytest.fixture
-def names(table_prefix):
-    return TableNames(table_prefix)
 
 
 @pytest.fixture
