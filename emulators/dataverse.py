@@ -205,6 +205,8 @@ class DataverseEmulator(EmulatorServer):
         self._change_versions: list[int] = []
         self._version = 1_000_000
         self._undo: list[tuple[Table, str, dict | None]] | None = None
+        self.rolled_back_versions: set[int] = set()
+        """Row versions written inside a $batch changeset that was rolled back (never committed)."""
         self._last_changed: dict[tuple[str, str], tuple[str, ...]] = {}
         self._tombstones: dict[tuple[str, str], dict] = {}
         # per-table column lists computed once (writes and full-row reads are hot paths for bulk seeding)
@@ -1075,6 +1077,11 @@ class DataverseEmulator(EmulatorServer):
         undo = self._undo or []
         self._undo = None
         for t, row_id, old in reversed(undo):
+            current = self._rows[t.logical].get(row_id)
+            if current is not None and current.get("versionnumber") is not None:
+                # Remember it: a later write gets a higher version, so "row version >= the write's" alone
+                # can't tell a webhook sender that this write never committed.
+                self.rolled_back_versions.add(current["versionnumber"])
             self._raw_store(t, row_id, old)
             if old is not None:
                 self._tombstones.pop((t.logical, row_id), None)

@@ -258,6 +258,8 @@ class WebhookSender:
             row = self.emulator._rows[t.logical].get(d.row_id)
             if d.message == "Delete":
                 return row is None
+            if d.version is not None and d.version in self.emulator.rolled_back_versions:
+                return False
             return row is not None and (d.version is None or row.get("versionnumber", 0) >= d.version)
 
     def _enqueue(self, d: Delivery) -> None:

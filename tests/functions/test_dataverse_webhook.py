@@ -520,3 +520,22 @@ async def test_an_async_step_fires_only_for_committed_writes(app, dv_emulator):
     assert [(c["MessageName"], c["InitiatingUserId"]) for c in sent] == [("Update", dv_emulator.APP_USER_ID)]
     assert [(d.message, d.body and json.loads(d.body)["InputParameters"][0]["value"]["Attributes"][0]["value"])
             for d in dv_emulator.webhooks.dropped] == [("Update", "Rolled Back")]
+
+
+async def test_a_rolled_back_write_is_dropped_even_when_a_later_write_commits_first(app, dv_emulator):
+    """The sender checks a delivery's write only when it gets to it; by then a later write has a higher version."""
+    from sync.adapters.transport import BatchOp
+
+    sent = []
+    dv_emulator.register_webhook("http://127.0.0.1:9/hook", entity_sets=["accounts"])
+    dv_emulator.webhooks.transport = lambda url, headers, body, timeout: sent.append(json.loads(body)) or 202
+    dv_emulator.webhooks.pause()
+    acc = dv_emulator.all("accounts")[0]
+    await get_runtime().dataverse.batch([
+        BatchOp.update("accounts", acc["accountid"], {"name": "Rolled Back"}, group="g"),
+        BatchOp.update("accounts", str(uuid.uuid4()), {"name": "Missing"}, group="g"),
+    ])
+    await get_runtime().dataverse.update("accounts", acc["accountid"], {"telephone1": "+1 3"})
+    dv_emulator.webhooks.resume()
+    assert await asyncio.to_thread(dv_emulator.webhooks.wait_idle, 10)
+    assert len(sent) == 1 and [d.message for d in dv_emulator.webhooks.dropped] == ["Update"]
