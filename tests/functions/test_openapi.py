@@ -148,3 +148,18 @@ def test_schema_check_can_fail():
     doc = _document()
     del doc["paths"][next(iter(doc["paths"]))][next(iter(first))]["responses"]
     assert not validator.is_valid(doc)
+
+
+def test_connector_api_properties_pass_the_paconn_schema():
+    """connector/apiProperties.json, imported with the OpenAPI description (paconn create --api-prop ...)."""
+    text = (SCHEMA_DIR / "paconn-apiProperties.schema.json").read_text()
+    schema = json.loads(re.sub(r"\s*//[^\n\"]*\n", "\n", text))  # the upstream file holds one // comment
+    props = json.loads((Path(__file__).resolve().parents[2] / "connector" / "apiProperties.json").read_text())
+    jsonschema.Draft7Validator(schema).validate(props)
+    key = props["properties"]["connectionParameters"]["api_key"]
+    assert key["type"] == "securestring"
+    # the security definition the connector designer pairs with it
+    assert _document()["securityDefinitions"]["function_key"]["name"] == "x-functions-key"
+    bad = json.loads(json.dumps(props))
+    bad["properties"]["iconBrandColor"] = 7
+    assert not jsonschema.Draft7Validator(schema).is_valid(bad)
