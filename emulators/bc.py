@@ -4,6 +4,12 @@ Serves ``/v2.0/{tenant}/{environment}/api/v2.0/companies({cid})/<entitySet>`` fo
 items, currencies, salespeoplePurchasers, unitsOfMeasure, paymentTerms, shipmentMethods and paymentMethods, plus
 ``companies`` and the JSON ``$batch`` endpoint, with BC's envelopes, ETags, error bodies and rules.
 
+Business relations: a new customer or vendor gets its company contact (same name and address) linked by a Contact
+Business Relation, as BC does; contacts carry the resulting ``contactBusinessRelation`` (Customer / Vendor /
+Multiple / None); ``customers({id})/contactsInformation`` and ``vendors({id})/contactsInformation`` (read-only) and
+``$expand=contactsInformation`` on customers and vendors (nested ``$select`` only) list the related company contact
+and its persons. No other ``$expand`` is served (400).
+
 One code path: the HTTP handlers and the direct data API (``create/update/delete/get/all``, used by tests and by
 other emulation) both go through ``_insert/_modify/_remove``, which validate like BC does.
 
@@ -30,7 +36,7 @@ from typing import Any, Iterable
 from urllib.parse import unquote, unquote_plus, urlsplit
 
 from .bc_query import QueryError, compile_filter, parse_orderby, parse_select
-from .bc_schema import (COMPANY, ENTITY_SPECS, ZERO_GUID, EntitySpec, Prop, decode_member)
+from .bc_schema import (COMPANY, CONTACT_INFORMATION, ENTITY_SPECS, ZERO_GUID, EntitySpec, Prop, decode_member)
 from .server import CaseInsensitiveDict, EmulatorServer, RateLimit, Request, Response, _fmt_seconds
 
 ODATA_JSON = "application/json; odata.metadata=minimal; odata.streaming=true"
@@ -53,6 +59,26 @@ _SKIP_IF_MATCH = object()
 """``if_match`` of the direct data API: a person's edit in BC has no concurrency token."""
 
 _FIELD_CAPTIONS = {"salespersonCode": "Salesperson Code", "companyNumber": "Company No."}
+_RELATED = {"customers": "Customer", "vendors": "Vendor"}
+"""Entity sets whose records get a company contact and a business relation (the relation's "Link to Table")."""
+_CONTACT_FIELDS_FROM_PARENT = ("displayName", "addressLine1", "addressLine2", "city", "state", "country", "postalCode",
+                               "phoneNumber", "email", "website")
+"""What BC copies from a new customer / vendor onto the company contact it creates (CustCont-Update / VendCont-Update
+InsertNewContact, restricted to the API's fields)."""
+_EXPANDABLE = {"customers": {"contactsInformation"}, "vendors": {"contactsInformation"}}
+"""Navigation properties the emulator expands (apis.md C3 lists more for BC; those answer 400 here)."""
+_BC_NAVIGATIONS = {
+    "customers": {"customerFinancialDetails", "picture", "defaultDimensions", "agedAccountsReceivables",
+                  "contactsInformation", "documentAttachments", "currency", "paymentTerm", "shipmentMethod",
+                  "paymentMethod"},
+    "vendors": {"picture", "defaultDimensions", "agedAccountsPayables", "contactsInformation",
+                "documentAttachments", "currency", "paymentTerm", "paymentMethod"},
+    "contacts": {"picture", "documentAttachments"},
+    "contactsInformation": {"contacts"},
+    "items": {"picture", "defaultDimensions", "itemVariants", "unitOfMeasure", "itemCategory",
+              "inventoryPostingGroup", "generalProductPostingGroup", "documentAttachments"},
+    "companies": set(ENTITY_SPECS),
+}
 _LOOKUP_LABELS = {"paymentTerms": "Payment Terms", "shipmentMethods": "Shipment Method",
                   "paymentMethods": "Payment Method", "currencies": "Currency", "unitsOfMeasure": "Unit of Measure"}
 
@@ -139,25 +165,55 @@ class _Table:
         self.by_key: dict[str, str] = {}
 
     def put(self, rec: dict, old: dict | None = None) -> None:
-        key = self.spec.key
+        key, rid = self.spec.key, rec[self.spec.id_field]
         if old is not None and old[key] != rec[key]:
             self._unindex(old)
             old = None
         if old is None:
-            bisect.insort(self.index, (rec[key], rec["id"]))
-            self.by_key[rec[key]] = rec["id"]
-        self.rows[rec["id"]] = rec
+            bisect.insort(self.index, (rec[key], rid))
+            self.by_key[rec[key]] = rid
+        self.rows[rid] = rec
 
     def drop(self, rec: dict) -> None:
         self._unindex(rec)
-        del self.rows[rec["id"]]
+        del self.rows[rec[self.spec.id_field]]
 
     def _unindex(self, rec: dict) -> None:
-        entry = (rec[self.spec.key], rec["id"])
+        entry = (rec[self.spec.key], rec[self.spec.id_field])
         i = bisect.bisect_left(self.index, entry)
         if i < len(self.index) and self.index[i] == entry:
             del self.index[i]
         self.by_key.pop(rec[self.spec.key], None)
+
+
+class _Relations:
+    """Contact Business Relations (BC table 5054): a contact linked to a customer or a vendor, one contact per
+    customer / vendor. Rows are ``{"contactId", "linkToTable", "relatedId"}``; ``put``/``drop`` have ``_Table``'s
+    shape so that a snapshot ``$batch`` rolls them back with the records."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], dict] = {}
+        """(linkToTable, related id) -> relation."""
+
+    @staticmethod
+    def _key(rel: dict) -> tuple[str, str]:
+        return rel["linkToTable"], rel["relatedId"]
+
+    def put(self, rel: dict, old: dict | None = None) -> None:
+        if old is not None:
+            self.rows.pop(self._key(old), None)
+        self.rows[self._key(rel)] = rel
+
+    def drop(self, rel: dict) -> None:
+        self.rows.pop(self._key(rel), None)
+
+    def get(self, link_to_table: str, related_id: str) -> dict | None:
+        return self.rows.get((link_to_table, related_id))
+
+    def of_contact(self, contact_id: str) -> list[dict]:
+        return [r for r in self.rows.values() if r["contactId"] == contact_id]
 
 
 class BCEmulator(EmulatorServer):
@@ -180,6 +236,7 @@ class BCEmulator(EmulatorServer):
         self._api_path = f"/v2.0/{tenant}/{environment}/api/v2.0"
         self._tables: dict[str, _Table] = {name: _Table(spec) for name, spec in ENTITY_SPECS.items()}
         self._companies = _Table(COMPANY)
+        self._relations = _Relations()
         self._series_next: dict[str, int] = {}
         self._rowversion = 0
         self._etag_salt = random.Random(self.company_id).getrandbits(63)
@@ -262,6 +319,39 @@ class BCEmulator(EmulatorServer):
         with self.lock:
             return len(self._table(entity_set).rows)
 
+    def company_contact(self, entity_set: str, record_id: str) -> dict | None:
+        """The contact a customer or vendor is related to by its business relation (the company contact BC created
+        with it), or None."""
+        link = _link_to_table(entity_set)
+        with self.lock:
+            rel = self._relations.get(link, record_id.lower())
+            rec = self._tables["contacts"].rows.get(rel["contactId"]) if rel else None
+            return dict(rec) if rec is not None else None
+
+    def contacts_information(self, entity_set: str, record_id: str) -> list[dict]:
+        """What ``<entity_set>({record_id})/contactsInformation`` returns (copies)."""
+        link = _link_to_table(entity_set)
+        with self.lock:
+            return [dict(r) for r in self._contacts_information(link, record_id.lower())]
+
+    def relate(self, contact_id: str, entity_set: str, record_id: str) -> None:
+        """Link a contact to a customer or vendor with a business relation (BC: the contact card's "Link with
+        existing"). It replaces the record's previous relation; the contacts' ``contactBusinessRelation`` (the
+        company's and its persons') follow, with new etags and timestamps as after a Modify."""
+        link = _link_to_table(entity_set)
+        with self.lock:
+            contact_id, record_id = contact_id.lower(), record_id.lower()
+            if contact_id not in self._tables["contacts"].rows:
+                raise _not_found("contacts")
+            if record_id not in self._tables[entity_set].rows:
+                raise _not_found(entity_set)
+            old = self._relations.get(link, record_id)
+            if old is not None:
+                self._put_relation(None, old)
+                self._refresh_business_relation(old["contactId"])
+            self._put_relation({"contactId": contact_id, "linkToTable": link, "relatedId": record_id}, None)
+            self._refresh_business_relation(contact_id)
+
     def _table(self, entity_set: str) -> _Table:
         try:
             return self._tables[entity_set]
@@ -318,7 +408,89 @@ class BCEmulator(EmulatorServer):
         if next_no is not None:
             self._series_next[spec.entity_set] = next_no
         self._log("insert", table, stored, None)
+        if spec.entity_set in _RELATED:
+            self._create_company_contact(spec.entity_set, stored, at)
         return stored
+
+    # -- business relations (BC tables 5050 Contact / 5054 Contact Business Relation) --------------------------
+    def _create_company_contact(self, entity_set: str, parent: dict, at: datetime | None) -> None:
+        """BC's CustCont-Update / VendCont-Update ``InsertNewContact``: a new customer or vendor gets a contact with
+        its name and address (a customer's Contact Type: Company unless the customer is a Person), linked to it by
+        a business relation (Marketing Setup's "Bus. Rel. Code for Customers / Vendors", set in CRONUS)."""
+        link = _RELATED[entity_set]
+        fields = {name: parent[name] for name in _CONTACT_FIELDS_FROM_PARENT}
+        fields["type"] = parent.get("type") or "Company"
+        contact = self._insert(self._tables["contacts"], fields, system={"contactBusinessRelation": link}, at=at)
+        self._put_relation({"contactId": contact["id"], "linkToTable": link, "relatedId": parent["id"]}, None)
+
+    def _put_relation(self, new: dict | None, old: dict | None) -> None:
+        """Insert (``old`` None) or delete (``new`` None) a business relation, undone with a failed snapshot batch."""
+        if new is not None:
+            self._relations.put(new, old)
+        else:
+            self._relations.drop(old)  # type: ignore[arg-type]
+        if self._journal is not None:
+            self._journal.append((self._relations, new, old))
+
+    def _relation_kind(self, contact_id: str) -> str:
+        """The contactBusinessRelation member of a contact with these relations (BC's UpdateBusinessRelation)."""
+        rels = self._relations.of_contact(contact_id)
+        if not rels:
+            return "None"
+        return rels[0]["linkToTable"] if len(rels) == 1 else "Multiple"
+
+    def _refresh_business_relation(self, contact_id: str) -> None:
+        """After a contact's relations changed: its contactBusinessRelation and its persons' (a Modify each)."""
+        contacts = self._tables["contacts"]
+        company = contacts.rows.get(contact_id)
+        if company is None:
+            return
+        kind = self._relation_kind(contact_id)
+        targets = [company]
+        if company["type"] == "Company":
+            targets += [r for r in contacts.rows.values()
+                        if r["type"] == "Person" and r["companyNumber"] == company["number"]]
+        for cur in targets:
+            if cur["contactBusinessRelation"] != kind:
+                self._system_modify(contacts, cur, {"contactBusinessRelation": kind})
+
+    def _system_modify(self, table: _Table, cur: dict, values: dict) -> dict:
+        """A write BC makes itself (no API validation): new values, timestamp and etag."""
+        rec = {k: v for k, v in cur.items() if k != "@odata.etag"}
+        rec.update(values)
+        rec["lastModifiedDateTime"] = self._next_timestamp(None)
+        stored = {"@odata.etag": self._next_etag(), **rec}
+        table.put(stored, cur)
+        self._log("update", table, stored, cur)
+        return stored
+
+    def _contacts_by_company(self) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        for rec in self._tables["contacts"].rows.values():
+            if rec["companyNumber"]:
+                out.setdefault(rec["companyNumber"], []).append(rec)
+        return out
+
+    def _contacts_information(self, link: str, record_id: str,
+                              by_company: dict[str, list[dict]] | None = None) -> list[dict]:
+        """Rows of ``<customers|vendors>({record_id})/contactsInformation``, as AL's "Contact Information Buffer"
+        ``LoadDataFromFilters`` builds them: the record's business relation -> its contact -> every contact whose
+        Company No. is that contact's No. (the company contact itself and its persons), or that contact alone if
+        there is none (a Person related directly). Ordered by the buffer's key, ``contactId``. No relation: none."""
+        rel = self._relations.get(link, record_id)
+        contacts = self._tables["contacts"]
+        contact = contacts.rows.get(rel["contactId"]) if rel is not None else None
+        if contact is None:
+            return []
+        if by_company is None:
+            members = [r for r in contacts.rows.values() if r["companyNumber"] == contact["number"]]
+        else:
+            members = list(by_company.get(contact["number"], ()))
+        rows = [{"contactId": c["id"], "contactNumber": c["number"], "contactName": c["displayName"],
+                 "contactType": c["type"], "relatedId": record_id, "relatedType": link}
+                for c in members or [contact]]
+        rows.sort(key=lambda r: r["contactId"])
+        return rows
 
     def _modify(self, table: _Table, record_id: str, fields: dict, if_match) -> dict:
         spec = table.spec
@@ -356,6 +528,14 @@ class BCEmulator(EmulatorServer):
         self._check_if_match(if_match, cur)
         table.drop(cur)
         self._log("delete", table, None, cur)
+        if spec.entity_set in _RELATED:  # BC deletes the business relation; the contact stays
+            rel = self._relations.get(_RELATED[spec.entity_set], record_id)
+            if rel is not None:
+                self._put_relation(None, rel)
+                self._refresh_business_relation(rel["contactId"])
+        elif spec.entity_set == "contacts":
+            for rel in self._relations.of_contact(record_id):
+                self._put_relation(None, rel)
 
     def _log(self, kind: str, table: _Table, new: dict | None, old: dict | None) -> None:
         change = {"insert": "created", "update": "updated", "delete": "deleted"}[kind]
@@ -568,6 +748,9 @@ class BCEmulator(EmulatorServer):
             raise self._no_resource(call)
         if not rest:
             return self._entity(call, self._companies, self.company_id, "companies")
+        if len(rest) == 2 and rest[0][0] in _RELATED and rest[0][1] is not None \
+                and rest[1][0] == "contactsInformation":
+            return self._contacts_information_call(call, rest[0][0], _parse_guid(rest[0][1]), rest[1][1])
         if len(rest) > 1:
             raise self._no_resource(call)
         set_name, key = rest[0]
@@ -577,6 +760,19 @@ class BCEmulator(EmulatorServer):
         if key is None:
             return self._collection(call, table, f"companies({self.company_id})/{set_name}")
         return self._entity(call, table, _parse_guid(key), f"companies({self.company_id})/{set_name}")
+
+    def _contacts_information_call(self, call: _Call, entity_set: str, record_id: str, key: str | None) -> Response:
+        """``customers({id})/contactsInformation[({contactId})]`` (and vendors'): read-only, computed at each read."""
+        context = f"companies({self.company_id})/{entity_set}({record_id})/contactsInformation"
+        with self.lock:
+            if record_id not in self._tables[entity_set].rows:
+                raise _not_found(entity_set)
+            table = _Table(CONTACT_INFORMATION)
+            for row in self._contacts_information(_RELATED[entity_set], record_id):
+                table.put(row)
+        if key is None:
+            return self._collection(call, table, context)
+        return self._entity(call, table, _parse_guid(key), context)
 
     def _company_from_request(self, call: _Call) -> None:
         """Entity sets without ``companies(...)``: the company comes from ``?company=`` or a ``Company`` header
@@ -616,13 +812,14 @@ class BCEmulator(EmulatorServer):
             for opt in call.query:
                 if opt.startswith("$") and opt not in ("$select", "$expand", "$format", "$schemaversion"):
                     raise BCError(400, "BadRequest", f"The query parameter '{opt}' is not supported.")
-            _refuse_expand(call)
+            expand = self._expand_option(call, table)
             select = self._select(call, table)
             with self.lock:
                 rec = table.rows.get(record_id)
+                expanded = self._expanded(table, [rec], expand)[0] if rec is not None and expand else None
             if rec is None:
                 raise _not_found(table.spec.entity_set)
-            return self._entity_response(200, rec, context, select)
+            return self._entity_response(200, rec, context, select, expand, expanded)
         if method == "PATCH" and table.spec.writable:
             body = _json_body(call)
             with self.lock:
@@ -634,11 +831,57 @@ class BCEmulator(EmulatorServer):
             return Response.empty(204)
         raise _method_not_allowed(method, table.spec.entity_set, "Entity")
 
-    def _entity_response(self, status: int, rec: dict, context: str, select: list[str] | None) -> Response:
-        tail = f"{context}({','.join(select)})/$entity" if select else f"{context}/$entity"
-        body = {"@odata.context": self._context(tail), **_project(rec, select)}
+    def _entity_response(self, status: int, rec: dict, context: str, select: list[str] | None,
+                         expand: list | None = None, expanded: dict | None = None) -> Response:
+        body = {"@odata.context": self._context(f"{context}{_select_list(select, expand)}/$entity"),
+                **_project(rec, select), **(expanded or {})}
         headers = {"ETag": rec["@odata.etag"]} if "@odata.etag" in rec else {}
         return Response.json(status, body, headers, content_type=ODATA_JSON)
+
+    def _expand_option(self, call: _Call, table: _Table) -> list[tuple[str, list[str] | None]] | None:
+        """``$expand``: ``[(navigation property, nested $select or None)]``. Only ``contactsInformation`` of customers
+        and vendors is served (with a nested ``$select``); BC's other navigation properties answer 400 "not
+        implemented", unknown names BC's "Could not find a property" error."""
+        raw = call.query.get("$expand")
+        if raw is None:
+            return None
+        spec = table.spec
+        out: list[tuple[str, list[str] | None]] = []
+        for item in _split_top_level(raw):
+            m = _EXPAND_ITEM_RE.fullmatch(item)
+            if not m:
+                raise BCError(400, "BadRequest", f"Syntax error in $expand '{raw}'.")
+            name, inner = m.group(1), m.group(2)
+            if name not in _EXPANDABLE.get(spec.entity_set, ()):
+                if name in _BC_NAVIGATIONS.get(spec.entity_set, ()):
+                    raise BCError(400, "BadRequest_MethodNotImplemented",
+                                  f"$expand of '{name}' is not implemented by the BC emulator.")
+                raise BCError(400, "BadRequest",
+                              f"Could not find a property named '{name}' on type '{spec.qualified_type}'.")
+            nested = None
+            for option in (inner or "").split(";"):
+                if not option.strip():
+                    continue
+                opt, eq, value = option.partition("=")
+                if opt.strip() != "$select" or not eq:
+                    raise BCError(400, "BadRequest_MethodNotImplemented",
+                                  f"The nested query option '{opt.strip()}' is not implemented by the BC emulator.")
+                nested = parse_select(value, CONTACT_INFORMATION.by_name, CONTACT_INFORMATION.qualified_type)
+            out.append((name, nested))
+        return out
+
+    def _expanded(self, table: _Table, rows: list[dict], expand: list) -> list[dict]:
+        """The expanded navigation properties of each of ``rows`` (call under the lock)."""
+        link = _RELATED[table.spec.entity_set]
+        by_company = self._contacts_by_company()
+        out = []
+        for rec in rows:
+            extra = {}
+            for name, nested in expand:  # contactsInformation
+                infos = self._contacts_information(link, rec["id"], by_company)
+                extra[name] = [_project(r, nested) for r in infos] if nested else infos
+            out.append(extra)
+        return out
 
     def _select(self, call: _Call, table: _Table) -> list[str] | None:
         if "$select" not in call.query:
@@ -651,7 +894,7 @@ class BCEmulator(EmulatorServer):
         for opt in q:
             if opt.startswith("$") and opt not in _LIST_OPTIONS:
                 raise BCError(400, "BadRequest", f"The query parameter '{opt}' is not supported.")
-        _refuse_expand(call)
+        expand = self._expand_option(call, table)
         pred = compile_filter(q["$filter"], spec.by_name, spec.qualified_type) if "$filter" in q else None
         select = self._select(call, table)
         orderby = parse_orderby(q["$orderby"], spec.by_name, spec.qualified_type) if "$orderby" in q else None
@@ -681,12 +924,15 @@ class BCEmulator(EmulatorServer):
         with self.lock:
             page, more, last_key, total = self._page(table, pred, orderby, token, skip if token is None else 0,
                                                       limit, count)
+            expanded = self._expanded(table, page, expand) if expand else None
         if top is not None and served + len(page) >= top:
             more = False
-        body: dict = {"@odata.context": self._context(f"{context}({','.join(select)})" if select else context)}
+        body: dict = {"@odata.context": self._context(f"{context}{_select_list(select, expand)}")}
         if count:
             body["@odata.count"] = total
         body["value"] = [_project(r, select) for r in page] if select else page
+        if expanded:
+            body["value"] = [{**r, **e} for r, e in zip(body["value"], expanded)]
         if more and page:
             body["@odata.nextLink"] = self._next_link(call, {"k": last_key, "n": page_size,
                                                              "s": served + len(page), "o": q.get("$orderby")})
@@ -696,7 +942,7 @@ class BCEmulator(EmulatorServer):
     def _page(self, table: _Table, pred, orderby, token, skip: int, limit: int, count: bool):
         """One page after the cursor. Returns (records, more, cursor of the last record, total or None)."""
         rows = table.rows
-        key = table.spec.key
+        key, id_field = table.spec.key, table.spec.id_field
         total = None
         if count:
             total = sum(1 for r in rows.values() if pred is None or pred(r))
@@ -709,9 +955,9 @@ class BCEmulator(EmulatorServer):
                     raise BCError(400, "BadRequest", "The skip token value is not valid for this request.")
                 start = bisect.bisect_right(index, tuple(k))
             candidates = (rows[rid] for _, rid in _islice_from(index, start))
-            make_key = lambda r: [r[key], r["id"]]  # noqa: E731
+            make_key = lambda r: [r[key], r[id_field]]  # noqa: E731
         else:
-            names = [n for n, _ in orderby] + [key, "id"]
+            names = [n for n, _ in orderby] + list(dict.fromkeys([key, id_field]))
             desc = [d for _, d in orderby] + [False, False]
             keyed = sorted(((_sort_key([r[n] for n in names], desc), r) for r in rows.values()
                             if pred is None or pred(r)), key=lambda kr: kr[0])
@@ -904,9 +1150,37 @@ def _json_body(call: _Call) -> Any:
         raise BCError(400, "BadRequest", "Invalid Request Body") from None
 
 
-def _refuse_expand(call: _Call) -> None:
-    if "$expand" in call.query:
-        raise BCError(400, "BadRequest_MethodNotImplemented", "$expand is not implemented by the BC emulator.")
+_EXPAND_ITEM_RE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*", re.S)
+
+
+def _split_top_level(text: str) -> list[str]:
+    """``a,b($select=x,y)`` -> ``["a", "b($select=x,y)"]`` (commas inside parentheses don't split)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _select_list(select: list[str] | None, expand: list | None) -> str:
+    """The context URL's select list: ``(a,b)``, with expanded navigation properties as ``nav()`` or
+    ``nav(x,y)`` (OData 4.0 part 1, 10.9-10.10); empty without ``$select`` and ``$expand``."""
+    items = list(select or [])
+    items += [f"{name}({','.join(nested or ())})" for name, nested in expand or ()]
+    return f"({','.join(items)})" if items else ""
+
+
+def _link_to_table(entity_set: str) -> str:
+    try:
+        return _RELATED[entity_set]
+    except KeyError:
+        raise KeyError(f"only customers and vendors have business relations, not {entity_set!r}") from None
 
 
 def _non_negative(q: dict, name: str) -> int | None:

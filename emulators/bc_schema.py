@@ -21,6 +21,8 @@ ENUMS: dict[str, tuple[tuple[str, int], ...]] = {
     "itemType": (("Inventory", 0), ("Service", 1), ("Non_x002D_Inventory", 2)),
     "contactBusinessRelation": (("_x0020_", 0), ("Customer", 1), ("Vendor", 2), ("Bank_x0020_Account", 3),
                                 ("Employee", 4), ("None", 100), ("Other", 101), ("Multiple", 102)),
+    "contactBusinessRelationLinkToTable": (("_x0020_", 0), ("Customer", 1), ("Vendor", 2),
+                                           ("Bank_x0020_Account", 3), ("Employee", 4)),
 }
 
 
@@ -88,6 +90,8 @@ class EntitySpec:
     company_scoped: bool = True
     writable: bool = True
     defaults: dict = field(default_factory=dict)
+    id_field: str = "id"
+    """The OData key (``ODataKeyFields``): ``id`` (SystemId) everywhere but contactInformation (``contactId``)."""
     by_name: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -261,6 +265,19 @@ COMPANY_INFORMATION = EntitySpec(
     writable=False,
 )
 """One read-only record per company; ``currencyCode`` is the local currency (LCY) code."""
+
+CONTACT_INFORMATION = EntitySpec(
+    "contactsInformation", "contactInformation", "Contact Information", "contactId", "Contact Id",
+    (
+        _p("contactId", G, nullable=False, ro=True), _p("contactNumber", S, 20, nullable=False, ro=True),
+        _p("contactName", S, 100, ro=True), _p("contactType", "contactType", ro=True),
+        _p("relatedId", G, nullable=False, ro=True), _p("relatedType", "contactBusinessRelationLinkToTable", ro=True),
+    ),
+    writable=False, id_field="contactId",
+)
+"""Page 30072 "APIV2 - Contacts Information" (temporary table 5049 "Contact Information Buffer", key "Contact Id"):
+read-only, served only under ``customers({id})/contactsInformation`` and ``vendors({id})/contactsInformation`` (and
+their ``$expand``). Rows are computed from the business relations at each read, like the AL page does."""
 
 ENTITY_SPECS: dict[str, EntitySpec] = {s.entity_set: s for s in (
     CUSTOMER, VENDOR, CONTACT, ITEM, CURRENCY, UNIT_OF_MEASURE, PAYMENT_TERM, SHIPMENT_METHOD, PAYMENT_METHOD,

@@ -1,9 +1,10 @@
 """Deterministic seed data of the BC emulator: a CRONUS-like company (LCY = USD).
 
 50 customers named ``seed_data.BC_CUSTOMER_NAMES`` (cities, phones, e-mails, some blank fields, two blocked,
-a few in EUR/GBP/CAD), 10 vendors, company contacts for 12 customers and 2 vendors with 30 person contacts
-(24 under customer companies, 3 under vendor companies, 3 without a company), 15 items, currencies, 5
-salespeople, units of measure, payment terms, shipment and payment methods.
+a few in EUR/GBP/CAD), 10 vendors, each with the company contact BC creates with it (same name and address, linked
+by a business relation), 30 person contacts (24 under the companies of the first 12 customers, 3 under those of the
+first 2 vendors, 3 without a company), 15 items, currencies, 5 salespeople, units of measure, payment terms,
+shipment and payment methods.
 
 Everything goes through the emulator's own insert path (same validation as the API); timestamps are spread over
 the 30 days before the emulator's clock so that anything created afterwards is newer.
@@ -139,14 +140,9 @@ def seed_company(emu: "BCEmulator") -> None:
                 "taxLiable": i % 2 == 0, "blocked": "All" if i == 9 else "_x0020_",
             }, {"balance": round(rnd.uniform(0, 9000), 2) if i % 2 else 0}))
 
-        companies = []
-        for parent, relation in [(c, "Customer") for c in customers[:12]] + [(v, "Vendor") for v in vendors[:2]]:
-            companies.append(put("contacts", {
-                "type": "Company", "displayName": parent["displayName"], "addressLine1": parent["addressLine1"],
-                "city": parent["city"], "state": parent["state"], "country": parent["country"],
-                "postalCode": parent["postalCode"], "phoneNumber": parent["phoneNumber"], "email": parent["email"],
-                "website": parent["website"],
-            }, {"contactBusinessRelation": relation}))
+        # the company contacts BC created with the customers and vendors (emulators/bc.py _create_company_contact)
+        companies = [emu.company_contact("customers", c["id"]) for c in customers[:12]]
+        companies += [emu.company_contact("vendors", v["id"]) for v in vendors[:2]]
         for i, (first, last) in enumerate(person_names(30, 5050)):
             if i < 24:
                 company = companies[i // 2]

@@ -121,6 +121,7 @@ class _Pass:
         self.errors: list[JobError] = []
         self.max_seen: datetime | None = None
         self.mappings: dict | None = None
+        self.lookup_cache = lookups.PassCache()
 
     # -- reading ---------------------------------------------------------------------------------------------------
     async def _changed_pages(self, since: datetime | None) -> AsyncIterator[list[dict]]:
@@ -220,7 +221,8 @@ class _Pass:
             if dest_ids else {}
         if self.mappings is None:
             self.mappings = await rt.mappings()
-        resolution = await lookups.resolve(rt, self.mappings, self.mapping, [r for r, _ in todo], self.d)
+        resolution = await lookups.resolve(rt, self.mappings, self.mapping, [r for r, _ in todo], self.d,
+                                           self.lookup_cache)
 
         writes: list[tuple[dict, Coupling, Decision, dict]] = []
         inserts: list[tuple[dict, Coupling | None, Decision]] = []

@@ -22,9 +22,19 @@ Where this differs from BC, and why:
 * **Company filter**: BC's integration filters also test ``bcbi_companyid`` (a lookup to ``cdm_company``, which the
   emulator doesn't model); the defaults leave it out - a known simplification. A single BC company per Dataverse
   environment is assumed.
-* **CONTACT**: BC's integration filter on ``parentcustomerid`` / ``parentcustomeridtype`` and the rule "a contact's
-  company must be related to a coupled customer or vendor" are enforced by the engine (it sets and reads
-  ``parentcustomerid`` itself); the filter here is ``statecode = 0``.
+* **CONTACT's company link** (BC does it in event subscribers, not with a field mapping): here it is the field
+  mapping ``companyNumber <-> parentcustomerid``, a *company-contact lookup* through CUSTOMER then VENDOR (see
+  ``Lookup``). To: the account coupled to the customer (else the vendor) the contact's company has a business
+  relation with, written as ``parentcustomerid_account@odata.bind``; else BC's "The contact <No.> must have a contact
+  company that has a business relation to a customer or vendor.". From: the company contact of the customer (else
+  vendor) coupled to ``parentcustomerid``; else "The contact cannot be synchronized because the company does not
+  exist.". The BC API exposes business relations only through ``customers/vendors({id})/contactsInformation``, which
+  ``sync.lookups`` reads in bulk. BC's integration filter on ``parentcustomerid`` / ``parentcustomeridtype`` is not
+  a default filter (``parentcustomeridtype`` isn't in the schema): a coupled contact without an account parent fails
+  From with the message above; the filter here is ``statecode = 0``. BC's scheduled To pass *ignores* contacts
+  whose company has no customer / vendor relation (a query post-filter) and fills an empty ``parentcustomerid`` of
+  unchanged contacts (a separate job); here such contacts fail like any failed lookup, and an unchanged contact gets
+  its parent at its next change or Synchronize Now.
 * **Match criteria**: BC pre-sets them only for CURRENCY (code <-> isocurrencycode) and the option mappings (code <->
   option label). Match-based coupling is a headline feature here, so the defaults add: CUSTOMER and VENDOR
   ``displayName <-> name`` (priority 0) then ``phoneNumber <-> telephone1`` (priority 1); CONTACT ``email <->
@@ -36,8 +46,8 @@ Where this differs from BC, and why:
   (create-only column) as BC does; only active unit groups are considered (BC errors on inactive ones).
 
 Left to the engine (behaviour, not data): currency ``exchangerate`` / ``currencyprecision``; product
-``defaultuomid``, ``transactioncurrencyid`` = LCY, price list and ``statecode`` on insert; contacts' company link;
-new salespeople's codes (``SP NO. 00001``); account inactive -> customer Blocked = All.
+``defaultuomid``, ``transactioncurrencyid`` = LCY, price list and ``statecode`` on insert; new salespeople's codes
+(``SP NO. 00001``); account inactive -> customer Blocked = All. (Contacts' company link is a field mapping, above.)
 """
 from __future__ import annotations
 
@@ -81,6 +91,9 @@ _PAYMENT_TERMS_LOOKUP = Lookup(PAYMENT_TERMS, bc_key="id")
 _SHIPMENT_METHOD_LOOKUP = Lookup(SHIPMENT_METHOD, bc_key="id")
 _UOM_LOOKUP = Lookup(UNIT_OF_MEASURE, bc_key="id", bind_property="defaultuomscheduleid",
                      target_entity_set="uomschedules")
+_COMPANY_LOOKUP = Lookup(f"{CUSTOMER}|{VENDOR}", bc_key=Lookup.COMPANY_CONTACT,
+                         bind_property="parentcustomerid_account", target_entity_set="accounts")
+"""A contact's company <-> its ``parentcustomerid`` account, through the customer / vendor couplings."""
 
 
 def _filter(service: str, entity: str, conditions: list[dict]) -> Filter:
@@ -161,6 +174,7 @@ def _contact() -> TableMapping:
         _fm("mobilePhoneNumber", "mobilephone"),
         _fm("phoneNumber", "telephone1"),
         _fm("type", None, FROM, constant="Person"),
+        _fm("companyNumber", "parentcustomerid", lookup=_COMPANY_LOOKUP),
     ]
     return TableMapping(
         name=CONTACT, bc_entity_set="contacts", bc_entity_type="contact",

@@ -50,7 +50,8 @@ __all__ = [
     "dataverse_table", "decode_bc_enum_member", "bc_enum_member",
     "FILTER_OPS", "Condition", "Filter", "Lookup", "OptionValueMap", "FieldMapping", "MatchCriterion", "OptionSet",
     "TableMapping", "is_lcy",
-    "OPTION_MAPPING_DIRECTION_ERR", "validate_field_mapping", "validate_table_mapping", "validate_mappings", "dependency_order",
+    "OPTION_MAPPING_DIRECTION_ERR", "COMPANY_CONTACT_TO_ERR", "COMPANY_CONTACT_FROM_ERR",
+    "validate_field_mapping", "validate_table_mapping", "validate_mappings", "dependency_order",
     "to_json", "from_json", "PATCHABLE_KEYS", "apply_patch", "overrides_from_patch", "apply_overrides",
     "apply_overrides_report",
 ]
@@ -678,6 +679,13 @@ def _check_filter(f: Filter, *, service: str, entity: str, key: str, mapping: st
 # ---------------------------------------------------------------------------------------------------------------------
 # Field mappings, table mappings
 # ---------------------------------------------------------------------------------------------------------------------
+COMPANY_CONTACT_TO_ERR = ("The contact {number} must have a contact company that has a business relation to a "
+                          "customer or vendor.")
+"""BC's ContactMustBeRelatedToCustomerOrVendorErr (CDS Int. Table. Subscriber; %1 = the contact's No.)."""
+COMPANY_CONTACT_FROM_ERR = "The contact cannot be synchronized because the company does not exist."
+"""BC's ContactMissingCompanyErr (CRM Int. Table. Subscriber)."""
+
+
 def is_lcy(currency_code: str | None, lcy_code: str) -> bool:
     """BC's LCY rule (bc-integration-semantics 11.5): a blank Currency Code means the local currency, and so does
     the LCY code itself (the BC API returns the LCY code, with an all-zero ``currencyId``, for LCY records).
@@ -707,7 +715,17 @@ class Lookup:
     ``lcy_iso_column`` (currency lookups only): BC's LCY rule applies. A BC value for which ``is_lcy(value, lcy)`` is
     true maps to the Dataverse row of the referenced table whose ``lcy_iso_column`` equals the LCY code (no coupling
     needed); From, that row maps to a blank BC value.
+
+    **Company-contact lookups** (``bc_key`` = ``COMPANY_CONTACT``; only CONTACT's ``companyNumber <->
+    parentcustomerid``): the BC value is the number of a company contact, and ``mapping`` names several table
+    mappings joined by ``|`` (``"CUSTOMER|VENDOR"``, BC's dependency-filter notation), tried in that order. To: the
+    company contact -> the customer / vendor it has a business relation with (BC API: their ``contactsInformation``)
+    -> that record's coupling -> the account. From: the account -> a coupled customer / vendor -> its company contact.
+    Not found, or blank, fails the record with BC's messages (``COMPANY_CONTACT_TO_ERR`` /
+    ``COMPANY_CONTACT_FROM_ERR``), unless Clear Value on Failed Sync.
     """
+
+    COMPANY_CONTACT = "companyContact"
 
     mapping: str
     bc_key: str = "id"
@@ -718,6 +736,15 @@ class Lookup:
     @property
     def is_option(self) -> bool:
         return self.bind_property is None
+
+    @property
+    def is_company_contact(self) -> bool:
+        return self.bc_key == Lookup.COMPANY_CONTACT
+
+    @property
+    def mappings(self) -> tuple[str, ...]:
+        """The table mappings the lookup goes through: one, or several for company-contact lookups."""
+        return tuple(self.mapping.split("|"))
 
     @property
     def bind_key(self) -> str | None:
@@ -987,6 +1014,9 @@ class TableMapping:
         for name in self.table_filter.fields():  # type: ignore[union-attr]
             if name not in out:
                 out.append(name)
+        if "number" in props and "number" not in out and any(
+                f.enabled and f.lookup is not None and f.lookup.is_company_contact for f in self.field_mappings):
+            out.append("number")  # BC's company-link error names the contact by its number
         return tuple(out)
 
     def dataverse_select(self) -> tuple[str, ...]:
@@ -1071,10 +1101,22 @@ def validate_field_mapping(fm: FieldMapping, m: TableMapping, all_names: Iterabl
             raise _fail(m.name, f"{where}: transformations apply to plain values only.", key)
     if fm.lookup is not None:
         lk = fm.lookup
-        if lk.mapping == m.name:
+        if m.name in lk.mappings:
             raise _fail(m.name, f"{where}: a lookup can't go through its own table mapping.", key)
-        if all_names is not None and lk.mapping not in set(all_names):
-            raise _fail(m.name, f"{where}: lookup through unknown table mapping '{lk.mapping}'.", key)
+        if len(lk.mappings) > 1 and not lk.is_company_contact:
+            raise _fail(m.name, f"{where}: only a company-contact lookup (bcKey '{Lookup.COMPANY_CONTACT}') goes "
+                                "through several table mappings.", key)
+        if len(set(lk.mappings)) != len(lk.mappings) or not all(lk.mappings):
+            raise _fail(m.name, f"{where}: lookup through '{lk.mapping}' names a table mapping twice or an empty "
+                                "name.", key)
+        for ref in lk.mappings:
+            if all_names is not None and ref not in set(all_names):
+                raise _fail(m.name, f"{where}: lookup through unknown table mapping '{ref}'.", key)
+        if lk.is_company_contact:
+            if m.bc_entity_type != "contact" or fm.bc_field != "companyNumber" or lk.is_option \
+                    or lk.lcy_iso_column is not None:
+                raise _fail(m.name, f"{where}: a company-contact lookup maps a contact's companyNumber to a record "
+                                    "lookup column (no option values, no LCY rule).", key)
         if (lk.bind_property is None) != (lk.target_entity_set is None):
             raise _fail(m.name, f"{where}: a record lookup needs both its bind navigation property and its "
                                 "target entity set (an option lookup needs neither).", key)

@@ -39,8 +39,8 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 from .errors import Unprocessable
-from .mappings import (Direction, FieldMapping, TableMapping, bc_enum_members, bc_properties,
-                       decode_bc_enum_member, dataverse_table, is_lcy)
+from .mappings import (COMPANY_CONTACT_FROM_ERR, COMPANY_CONTACT_TO_ERR, Direction, FieldMapping, TableMapping,
+                       bc_enum_members, bc_properties, decode_bc_enum_member, dataverse_table, is_lcy)
 
 __all__ = [
     "ZERO_GUID", "OPTION_VALUE", "OPTION_LABEL", "LookupResolution", "TransferResult", "lookup_needs", "transfer",
@@ -140,6 +140,8 @@ class LookupResolution:
     ``values``: ``{(mapping name, source value): target value}``, e.g. To:
     ``("CURRENCY", "EUR") -> "<transactioncurrencyid>"``, ``("PAYMENT TERMS", "<paymentTerm id>") -> 3``;
     From: ``("CURRENCY", "<transactioncurrencyid>") -> "EUR"``, ``("PAYMENT TERMS", 3) -> "<paymentTerm id>"``.
+    Company-contact lookups are keyed by their ``Lookup.mapping`` (``"CUSTOMER|VENDOR"``): To, company contact
+    number -> account id; From, account id -> company contact number.
     A missing key means "not coupled". Keys are normalised with ``lookup_key``, so any GUID spelling works.
     One resolution serves one pass direction.
 
@@ -189,7 +191,8 @@ def lookup_needs(mapping: TableMapping, records: Iterable[Mapping[str, Any]], di
                  lcy_code: str | None = None, lcy_dataverse_currency_id: str | None = None) -> dict[str, set]:
     """For each referenced mapping name, the source values ``records`` need translated (normalised with
     ``lookup_key``): To, BC codes / ids (``currencyCode``, ``salespersonCode``, ``paymentTermsId``, ...); From,
-    Dataverse ids read from ``_x_value`` or option values.
+    Dataverse ids read from ``_x_value`` or option values. A company-contact lookup's name is its ``Lookup.mapping``
+    (``"CUSTOMER|VENDOR"``): To, company contact numbers; From, account ids.
 
     Blank values need nothing. Currency lookups follow the LCY rule: To, a blank or LCY currency code maps to
     ``lcy_dataverse_currency_id`` (``lcy_code`` is then required); From, the LCY Dataverse currency maps to a blank
@@ -431,7 +434,7 @@ def _plan_to(mapping: TableMapping, fm: FieldMapping, source: Mapping[str, Any],
         return _Plan(OPTION_LABEL, value, OPTION_LABEL, value, spec, column, source_field)
     lk = fm.lookup
     if lk is not None:
-        target = _translate_to(fm, raw, resolved)
+        target = _translate_to(fm, raw, resolved, source)
         if target is None and fm.not_null:
             return None
         if lk.is_option:
@@ -455,9 +458,14 @@ def _plan_to(mapping: TableMapping, fm: FieldMapping, source: Mapping[str, Any],
     return _Plan(column, value, column, value, spec, column, source_field)
 
 
-def _translate_to(fm: FieldMapping, raw: Any, resolved: LookupResolution) -> Any:
+def _translate_to(fm: FieldMapping, raw: Any, resolved: LookupResolution, source: Mapping[str, Any]) -> Any:
     lk = fm.lookup
     assert lk is not None
+    if lk.is_company_contact:  # BC: FindParentCRMAccountForContact; a blank company is no relation either
+        found, target = (False, None) if is_blank(raw) else resolved.find(lk.mapping, raw)
+        if found or fm.clear_value_on_failed_sync:
+            return target
+        raise _FieldError(COMPANY_CONTACT_TO_ERR.format(number=_show(source.get("number") or "")))
     if lk.lcy_iso_column is not None:
         if resolved.lcy_code is None:
             raise ValueError(f"LookupResolution.lcy_code is required to translate {fm.bc_field} (LCY rule)")
@@ -511,6 +519,11 @@ def _plan_from(mapping: TableMapping, fm: FieldMapping, source: Mapping[str, Any
 def _translate_from(fm: FieldMapping, raw: Any, resolved: LookupResolution) -> Any:
     lk = fm.lookup
     assert lk is not None
+    if lk.is_company_contact:  # BC: SetContactParentCompany; no parent account is no company either
+        found, target = (False, None) if is_blank(raw) else resolved.find(lk.mapping, raw)
+        if found or fm.clear_value_on_failed_sync:
+            return target
+        raise _FieldError(COMPANY_CONTACT_FROM_ERR)
     if is_blank(raw):
         return None
     if lk.lcy_iso_column is not None and resolved.is_lcy_dataverse_currency(raw):
@@ -558,8 +571,9 @@ def transfer(mapping: TableMapping, direction: Direction | str, source: Mapping[
     * Values: constants; transformations (contact name split); option value tables; lookups translated through
       ``resolved`` (To: ``<nav>@odata.bind`` or the option value; From: the BC code / id); an uncoupled lookup
       target fails the record ("<field> <value> must be coupled to a Dataverse row." To, "... must be coupled to
-      a Business Central record." From) unless Clear Value on Failed Sync (then null / blank); Not Null: a null
-      translated value is not written at all.
+      a Business Central record." From; a company-contact lookup fails with BC's company-link messages, also when
+      blank) unless Clear Value on Failed Sync (then null / blank); Not Null: a null translated value is not
+      written at all.
     * ``inserting``: every mapped value is written (Dataverse: except nulls, nothing to clear), then the create
       values (``create_values_dataverse`` To, ``create_values_bc`` From: BC's config templates) win over mapped
       values. Otherwise only the fields whose value differs (see the module docstring).

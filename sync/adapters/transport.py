@@ -540,10 +540,10 @@ def id_chunks(url: str, key: str, ids: Sequence[Any], max_url_length: int) -> li
 
 
 async def fetch_many(client: Any, entity_set: str, key: str, ids: Iterable[Any],
-                     select: Sequence[str] | str | None) -> dict[str, dict[str, Any]]:
+                     select: Sequence[str] | str | None, expand: str | None = None) -> dict[str, dict[str, Any]]:
     """``get_many`` of both clients: chunked ``key eq a or key eq b …`` queries run concurrently (the transport's
     limit bounds them). Returns ``{lower-case id: record}``; missing ids are absent. ``client`` provides
-    ``entity_url``, ``list_all`` and ``max_url_length``."""
+    ``entity_url``, ``list_all`` and ``max_url_length``. ``expand``: a ``$expand`` value, sent with every chunk."""
     wanted: list[Any] = []
     seen: set[str] = set()
     for raw in ids:
@@ -557,11 +557,11 @@ async def fetch_many(client: Any, entity_set: str, key: str, ids: Iterable[Any],
     if select:
         names = [n.strip() for n in select.split(",")] if isinstance(select, str) else list(select)
         sel = odata.select(names if key in names else [key, *names])
-    url = Transport.with_query(client.entity_url(entity_set), {"$select": sel})
+    url = Transport.with_query(client.entity_url(entity_set), {"$select": sel, "$expand": expand})
     chunks = id_chunks(url, key, wanted, client.max_url_length)
 
     async def one(chunk: list[Any]) -> list[dict[str, Any]]:
-        return await client.list_all(entity_set, filter=odata.any_of(key, chunk), select=sel,
+        return await client.list_all(entity_set, filter=odata.any_of(key, chunk), select=sel, expand=expand,
                                      page_size=len(chunk))
 
     out: dict[str, dict[str, Any]] = {}
@@ -622,8 +622,9 @@ class ODataReads:
         except UpstreamNotFound:
             return None
 
-    async def get_many(self, entity_set: str, ids: Iterable[Any], *,
-                       select: Sequence[str] | str | None = None) -> dict[str, dict[str, Any]]:
+    async def get_many(self, entity_set: str, ids: Iterable[Any], *, select: Sequence[str] | str | None = None,
+                       expand: str | None = None) -> dict[str, dict[str, Any]]:
         """Records by id in few requests (``key eq a or key eq b ...`` chunks, each URL <= ``max_url_length``).
         Returns ``{id: record}`` (lower-case ids); ids that don't exist are simply absent."""
-        return await fetch_many(self, entity_set, self.key_of(entity_set), ids, select)  # type: ignore[attr-defined]
+        return await fetch_many(self, entity_set, self.key_of(entity_set), ids, select,  # type: ignore[attr-defined]
+                                expand)

@@ -403,9 +403,11 @@ def test_timestamps_strictly_increase_with_a_frozen_clock():
         a = client.post("customers", json={"displayName": "A"}).json()
         b = client.post("customers", json={"displayName": "B"}).json()
         c = client.patch(f"customers({a['id']})", json={"city": "X"}, headers={"If-Match": "*"}).json()
+        # each new customer's company contact (BC creates it with the customer) takes the next millisecond
         assert a["lastModifiedDateTime"] == "2025-02-23T13:34:29.943Z"
-        assert b["lastModifiedDateTime"] == "2025-02-23T13:34:29.944Z"
-        assert c["lastModifiedDateTime"] == "2025-02-23T13:34:29.945Z"
+        assert emu.company_contact("customers", a["id"])["lastModifiedDateTime"] == "2025-02-23T13:34:29.944Z"
+        assert b["lastModifiedDateTime"] == "2025-02-23T13:34:29.945Z"
+        assert c["lastModifiedDateTime"] == "2025-02-23T13:34:29.947Z"
         assert len({a["@odata.etag"], b["@odata.etag"], c["@odata.etag"]}) == 3
         seeded = emu.all("customers")[0]["lastModifiedDateTime"]
         assert seeded < a["lastModifiedDateTime"]  # seed data is older than anything created afterwards

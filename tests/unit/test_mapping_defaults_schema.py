@@ -235,9 +235,23 @@ def test_every_field_mapping_names_real_fields_and_writable_targets(name, bc_pro
 def test_lookups_name_the_right_columns_sets_and_mappings(name, bc_props, dv):
     m = ALL[name]
     for fm in (f for f in m.field_mappings if f.lookup):
-        lk, target = fm.lookup, ALL[fm.lookup.mapping]
+        lk = fm.lookup
         col = _dv(dv, m, fm.dataverse_column)
         bc = _bc(bc_props, m, fm.bc_field)
+        if lk.is_company_contact:
+            # a contact's company (a contact number) <-> a polymorphic Customer column, bound to its account target
+            # (parentcustomerid_account@odata.bind), through mappings whose Dataverse table is that target
+            assert (m.bc_entity_type, fm.bc_field, bc["type"]) == ("contact", "companyNumber", "Edm.String")
+            assert bc["maxLength"] == bc_props["contact"]["number"]["maxLength"]
+            assert col["type"] == "Customer" and "account" in col["targets"]
+            assert len(lk.mappings) > 1 and all(ALL[r].dataverse_table == "account" for r in lk.mappings)
+            assert lk.bind_property == f"{fm.dataverse_column}_account"
+            assert lk.target_entity_set == dv["account"]["set"]
+            assert fm.dataverse_read_property == f"_{fm.dataverse_column}_value"
+            assert fm.dataverse_write_property == f"{fm.dataverse_column}_account@odata.bind"
+            assert not lk.lcy_iso_column and not lk.is_option
+            continue
+        target = ALL[lk.mapping]
         if lk.is_option:
             assert target.is_option_mapping and target.option_set.table == m.dataverse_table
             assert target.option_set.column == fm.dataverse_column and col["type"] == "Picklist"
@@ -269,7 +283,8 @@ def test_lookup_targets_are_synchronized_first(name):
             todo.extend(ALL[dep].dependencies)
     for fm in m.field_mappings:
         if fm.lookup:
-            assert fm.lookup.mapping in before, f"{name}: {fm.label} looks up {fm.lookup.mapping}, not a dependency"
+            for ref in fm.lookup.mappings:
+                assert ref in before, f"{name}: {fm.label} looks up {ref}, not a dependency"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -344,7 +359,8 @@ SECTION_10 = {  # bc-integration-semantics section 10, restricted to BC API v2.0
                 "displayName <- fullname", "addressLine1 <-> address1_line1", "addressLine2 <-> address1_line2",
                 "postalCode <-> address1_postalcode", "city <-> address1_city", "country <-> address1_country",
                 "state <-> address1_stateorprovince", "email <-> emailaddress1", "website <-> websiteurl",
-                "mobilePhoneNumber <-> mobilephone", "phoneNumber <-> telephone1", 'type <- (constant "Person")'],
+                "mobilePhoneNumber <-> mobilephone", "phoneNumber <-> telephone1", 'type <- (constant "Person")',
+                "companyNumber <-> parentcustomerid"],  # the company link (10.4; BC does it in subscribers)
     "ITEM-PRODUCT": ["number -> productnumber", "displayName <-> name", "unitPrice -> price",
                      "unitCost -> standardcost", "unitCost -> currentcost", "inventory -> quantityonhand",
                      "baseUnitOfMeasureId <-> defaultuomscheduleid", "blocked <- statecode"],
@@ -357,6 +373,7 @@ LOOKUPS = {  # (mapping, BC field) -> (mapping translated through, bc_key, not_n
     ("VENDOR", "currencyCode"): ("CURRENCY", "code", False),
     ("VENDOR", "paymentTermsId"): ("PAYMENT TERMS", "id", False),
     ("ITEM-PRODUCT", "baseUnitOfMeasureId"): ("UNIT OF MEASURE", "id", False),
+    ("CONTACT", "companyNumber"): ("CUSTOMER|VENDOR", "companyContact", False),
 }
 
 

@@ -301,6 +301,37 @@ def test_field_mapping_rules(fm, text):
     assert text in unprocessable(M.validate_table_mapping, m, names()).message
 
 
+def test_company_contact_lookup_is_validated():
+    contact = d("CONTACT")
+    link = contact.field_mapping("companyNumber", "parentcustomerid")
+    assert link.lookup.is_company_contact and link.lookup.mappings == ("CUSTOMER", "VENDOR")
+    assert link.dataverse_read_property == "_parentcustomerid_value"
+    assert link.dataverse_write_property == "parentcustomerid_account@odata.bind"
+    assert link.lookup.bind_value(GUID) == "/accounts(6c3a7e1c-1234-4d2b-9a77-00aabbccddee)"
+    assert contact.bc_select()[-1] == "number"  # BC's company-link error names the contact
+    assert "number" not in d("CUSTOMER").bc_select()
+    M.validate_table_mapping(contact, names())
+
+    def refused(lookup, m=contact, fm=None):
+        fm = fm or replace(link, lookup=lookup)
+        changed = replace(m, field_mappings=tuple(fm if f is link else f for f in m.field_mappings)
+                          if fm.bc_field == "companyNumber" and m is contact else m.field_mappings + (fm,))
+        return unprocessable(M.validate_table_mapping, changed, names()).message
+
+    assert "only a company-contact lookup" in refused(replace(link.lookup, bc_key="number"))
+    assert "unknown table mapping 'SUPPLIER'" in refused(replace(link.lookup, mapping="CUSTOMER|SUPPLIER"))
+    assert "twice" in refused(replace(link.lookup, mapping="CUSTOMER|CUSTOMER"))
+    assert "its own table mapping" in refused(replace(link.lookup, mapping="CUSTOMER|CONTACT"))
+    assert "both its bind" in refused(replace(link.lookup, target_entity_set=None))
+    on_product = FieldMapping("displayName2", "description", lookup=link.lookup)
+    assert "company-contact lookup maps a contact's companyNumber" in refused(None, d("ITEM-PRODUCT"), on_product)
+    # JSON round trip (GET /api/mappings)
+    assert M.from_json(json.loads(json.dumps(M.to_json(contact)))) == contact
+    assert M.to_json(contact)["fieldMappings"][-1]["lookup"] == {
+        "mapping": "CUSTOMER|VENDOR", "bcKey": "companyContact", "bindProperty": "parentcustomerid_account",
+        "targetEntitySet": "accounts", "lcyIsoColumn": None, "bindKey": "parentcustomerid_account@odata.bind"}
+
+
 def test_create_new_if_no_match_needs_a_direction_that_creates_dataverse_rows():
     m = replace(d("SALESPEOPLE"), create_new_if_no_match=True)
     assert "createNewIfNoMatch" in unprocessable(M.validate_table_mapping, m).message

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from sync.mapping_defaults import default_mappings
-from sync.mappings import Direction, FieldMapping, Lookup, OptionValueMap, Transformation
+from sync.mappings import Direction, FieldMapping, Lookup, OptionValueMap, Transformation, dataverse_table
 from sync.transfer import (OPTION_LABEL, OPTION_VALUE, ZERO_GUID, LookupResolution, is_blank, lookup_key,
                            lookup_needs, transfer)
 
@@ -29,6 +29,9 @@ BC_UOM_PCS = "5ca6738a-44e3-ea11-bb43-000d3a2feca1"
 BC_UOM_BOX = "53a6738a-44e3-ea11-bb43-000d3a2feca1"
 DV_UOM_PCS = "7b1f0e52-3c4d-4e5f-8a9b-0000000000a1"
 DV_UOM_BOX = "7b1f0e52-3c4d-4e5f-8a9b-0000000000a2"
+COMPANY = "CUSTOMER|VENDOR"                           # CONTACT's company-contact lookup
+DV_ADATUM = "5a0d3c2e-44e3-ea11-bb43-000d3a2feca1"   # account coupled to the customer of company contact CT000100
+DV_FABRIKAM = "5a0d3c2e-44e3-ea11-bb43-000d3a2feca2"  # account coupled to the vendor of company contact CT000200
 
 RESOLVED_TO = LookupResolution({
     ("CURRENCY", "EUR"): DV_EUR, ("CURRENCY", "CAD"): DV_CAD,
@@ -36,6 +39,7 @@ RESOLVED_TO = LookupResolution({
     ("PAYMENT TERMS", BC_PT_10D): 1, ("PAYMENT TERMS", BC_PT_30D): 3,
     ("SHIPMENT METHOD", BC_SM_PICKUP): 2,
     ("UNIT OF MEASURE", BC_UOM_PCS): DV_UOM_PCS, ("UNIT OF MEASURE", BC_UOM_BOX): DV_UOM_BOX,
+    (COMPANY, "CT000100"): DV_ADATUM, (COMPANY, "CT000200"): DV_FABRIKAM,
 }, lcy_code=LCY, lcy_dataverse_currency_id=DV_USD)
 
 RESOLVED_FROM = LookupResolution({
@@ -43,6 +47,7 @@ RESOLVED_FROM = LookupResolution({
     ("PAYMENT TERMS", 1): BC_PT_10D, ("PAYMENT TERMS", 3): BC_PT_30D,
     ("SHIPMENT METHOD", 2): BC_SM_PICKUP,
     ("UNIT OF MEASURE", DV_UOM_PCS): BC_UOM_PCS, ("UNIT OF MEASURE", DV_UOM_BOX): BC_UOM_BOX,
+    (COMPANY, DV_ADATUM): "CT000100", (COMPANY, DV_FABRIKAM): "CT000200",
 }, lcy_code=LCY, lcy_dataverse_currency_id=DV_USD)
 
 
@@ -65,12 +70,16 @@ _BIND = re.compile(r"/(\w+)\(([0-9a-fA-F-]{36})\)")
 
 
 def apply_dataverse(mapping, row, changes):
-    """The row as Dataverse returns it after POST/PATCH ``changes``: binds read back as ``_x_value``, computed
-    fullname for contacts."""
+    """The row as Dataverse returns it after POST/PATCH ``changes``: binds read back as ``_x_value`` (a Customer
+    column's ``x_account`` / ``x_contact`` as ``_x_value``), computed fullname for contacts."""
     out = dict(row)
+    columns = dataverse_table(mapping.dataverse_table).columns
     for key, value in changes.items():
         if key.endswith("@odata.bind"):
             nav = key[:-len("@odata.bind")]
+            base, _, target = nav.rpartition("_")
+            if nav not in columns and base in columns and target in columns[base].targets:
+                nav = base
             out[f"_{nav}_value"] = None if value is None else _BIND.fullmatch(value).group(2).lower()
         else:
             out[key] = value
@@ -148,7 +157,8 @@ def dv_contact(**kw):
            "address1_line1": "7122 South Ashford Street", "address1_line2": "Westminster",
            "address1_postalcode": "31772", "address1_city": "Atlanta", "address1_country": "US",
            "address1_stateorprovince": "GA", "emailaddress1": "jane@adatum.com", "websiteurl": None,
-           "mobilephone": None, "telephone1": "+1 425 555 0100", "statecode": 0}
+           "mobilephone": None, "telephone1": "+1 425 555 0100", "_parentcustomerid_value": DV_ADATUM,
+           "statecode": 0}
     row.update(kw)
     return row
 
@@ -251,9 +261,11 @@ ECHO_CASES = [
      dv_vendor_account()),
     ("VENDOR", FROM, dv_vendor_account(name="Fabrikam Ltd", telephone1=None, _transactioncurrencyid_value=None),
      bc_vendor()),
-    ("CONTACT", TO, bc_contact(displayName="Dr. Jane Maria van Dyke-Smith", mobilePhoneNumber="+1 555 0101"),
+    ("CONTACT", TO, bc_contact(displayName="Dr. Jane Maria van Dyke-Smith", mobilePhoneNumber="+1 555 0101",
+                               companyNumber="ct000200"),
      dv_contact()),
-    ("CONTACT", FROM, dv_contact(fullname="Jane Dyke", address1_city="Paris", mobilephone="+33 1 23 45 67 89"),
+    ("CONTACT", FROM, dv_contact(fullname="Jane Dyke", address1_city="Paris", mobilephone="+33 1 23 45 67 89",
+                                 _parentcustomerid_value=DV_FABRIKAM.upper()),
      bc_contact(type="Company")),
     ("CURRENCY", TO, bc_currency(displayName="Canadian Dollar", symbol=""), dv_currency()),
     ("SALESPEOPLE", FROM, dv_systemuser(fullname="Jennifer Smith-Johnson " + "x" * 60,
@@ -345,7 +357,10 @@ def test_lookup_needs_from_collects_dataverse_ids_and_option_values():
 def test_lookup_needs_item_uom_and_no_lookups():
     assert lookup_needs(m("ITEM-PRODUCT"), [bc_item()], TO) == {"UNIT OF MEASURE": {BC_UOM_PCS}}
     assert lookup_needs(m("ITEM-PRODUCT"), [dv_product()], FROM) == {"UNIT OF MEASURE": {DV_UOM_PCS}}
-    assert lookup_needs(m("CONTACT"), [bc_contact()], TO) == {}
+    assert lookup_needs(m("CONTACT"), [bc_contact(), bc_contact(companyNumber="")], TO) == {COMPANY: {"CT000100"}}
+    assert lookup_needs(m("CONTACT"), [dv_contact(), dv_contact(_parentcustomerid_value=None)], FROM) == \
+        {COMPANY: {DV_ADATUM}}
+    assert lookup_needs(m("SALESPEOPLE"), [{"fullname": "x"}], FROM) == {}
 
 
 def test_lookup_needs_to_requires_the_lcy_code_for_currency_lookups():
@@ -561,6 +576,58 @@ def test_contact_name_change_writes_only_the_parts_that_differ():
     dropped = transfer(m("CONTACT"), TO, bc_contact(displayName="Jane Dyke"), dv_contact(), RESOLVED_TO,
                        inserting=False)
     assert dropped.changes == {"middlename": None}
+
+
+# --- the contact's company link (company-contact lookup) ------------------------------------------------------------
+def test_company_link_to_binds_the_account_of_the_companys_customer_or_vendor():
+    ins = transfer(m("CONTACT"), TO, bc_contact(), None, RESOLVED_TO, inserting=True)
+    assert ins.changes["parentcustomerid_account@odata.bind"] == f"/accounts({DV_ADATUM})"
+    assert "parentcustomerid" in ins.changed_fields
+    assert transfer(m("CONTACT"), TO, bc_contact(), dv_contact(), RESOLVED_TO, inserting=False).changes == {}
+    moved = transfer(m("CONTACT"), TO, bc_contact(companyNumber="CT000200"), dv_contact(), RESOLVED_TO,
+                     inserting=False)
+    assert moved.changes == {"parentcustomerid_account@odata.bind": f"/accounts({DV_FABRIKAM})"}
+    assert moved.bidirectional_fields == [("companyNumber", "parentcustomerid")]
+    orphan = transfer(m("CONTACT"), TO, bc_contact(), dv_contact(_parentcustomerid_value=None), RESOLVED_TO,
+                      inserting=False)  # BC also fills an empty parent
+    assert orphan.changes == {"parentcustomerid_account@odata.bind": f"/accounts({DV_ADATUM})"}
+
+
+@pytest.mark.parametrize("company", ["CT000999", "", " "])
+def test_company_link_to_fails_with_bcs_message_without_a_related_coupled_customer_or_vendor(company):
+    for dest, inserting in ((None, True), (dv_contact(), False)):
+        r = transfer(m("CONTACT"), TO, bc_contact(companyNumber=company), dest, RESOLVED_TO, inserting=inserting)
+        assert r.errors == ["The contact CT000123 must have a contact company that has a business relation to a "
+                            "customer or vendor."]
+        assert not r.ok
+
+
+def test_company_link_from_sets_the_company_contact_number():
+    mod = transfer(m("CONTACT"), FROM, dv_contact(_parentcustomerid_value=DV_FABRIKAM), bc_contact(), RESOLVED_FROM,
+                   inserting=False)
+    assert mod.changes == {"companyNumber": "CT000200"}
+    assert transfer(m("CONTACT"), FROM, dv_contact(_parentcustomerid_value=DV_ADATUM.upper()), bc_contact(),
+                    RESOLVED_FROM, inserting=False).changes == {}
+    ins = transfer(m("CONTACT"), FROM, dv_contact(), None, RESOLVED_FROM, inserting=True)
+    assert ins.changes["companyNumber"] == "CT000100" and ins.changes["type"] == "Person"
+
+
+@pytest.mark.parametrize("parent", [None, "9d9d9d9d-0000-0000-0000-000000000001", ZERO_GUID])
+def test_company_link_from_fails_with_bcs_message_without_a_coupled_company(parent):
+    r = transfer(m("CONTACT"), FROM, dv_contact(_parentcustomerid_value=parent), bc_contact(), RESOLVED_FROM,
+                 inserting=False)
+    assert r.errors == ["The contact cannot be synchronized because the company does not exist."]
+
+
+def test_company_link_clear_value_on_failed_sync():
+    contact = m("CONTACT")
+    link = field_mapping(contact, "companyNumber")
+    mapping = with_fields(contact, replace(link, clear_value_on_failed_sync=True), field_mapping(contact, "email"))
+    r = transfer(mapping, TO, bc_contact(companyNumber="CT000999"), dv_contact(), RESOLVED_TO, inserting=False)
+    assert r.ok and r.changes == {"parentcustomerid_account@odata.bind": None}
+    r = transfer(mapping, FROM, dv_contact(_parentcustomerid_value=None), bc_contact(), RESOLVED_FROM,
+                 inserting=False)
+    assert r.ok and r.changes == {"companyNumber": ""}
 
 
 # --- create values --------------------------------------------------------------------------------------------------
