@@ -28,9 +28,9 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 import httpx
 
 from .. import odata
-from ..errors import UpstreamError, UpstreamNotFound
+from ..errors import UpstreamError
 from .auth import TokenProvider, provider_from_settings
-from .transport import (BatchOp, BatchResult, Counters, ErrorInfo, ODataReads, RetryPolicy, Transport,
+from .transport import (BatchOp, BatchResult, Counters, ErrorInfo, ODataClient, RetryPolicy, Transport,
                         batch_is_idempotent, make_error, parse_error_body, parse_retry_after)
 
 __all__ = ["BCClient", "BatchOp", "BatchResult", "parse_bc_error", "etag_of"]
@@ -60,7 +60,7 @@ def etag_of(record: Mapping[str, Any] | None) -> str | None:
     return record.get("@odata.etag") if record else None
 
 
-class BCClient(ODataReads):
+class BCClient(ODataClient):
     """Client of one BC company. Build it with ``from_settings`` (or pass a ``Transport``).
 
     Methods take BC entity-set names (``customers``, ``contacts``, ``items``, ``currencies``, ``unitsOfMeasure``,
@@ -157,21 +157,7 @@ class BCClient(ODataReads):
 
     async def delete(self, entity_set: str, id: Any, etag: str = "*", *, missing_ok: bool = False) -> bool:
         """DELETE with ``If-Match``. Returns False when the record was already gone and ``missing_ok``."""
-        try:
-            await self.transport.request("DELETE", self.entity_url(entity_set, id), headers={"If-Match": etag})
-        except UpstreamNotFound:
-            if missing_ok:
-                return False
-            raise
-        return True
-
-    async def request_json(self, method: str, url: str, *, params: Mapping[str, Any] | None = None,
-                           json: Any = None, headers: Mapping[str, str] | None = None,
-                           idempotent: bool | None = None) -> Any:
-        """Escape hatch for other BC endpoints (e.g. ``{api_base_url}/subscriptions``), same retries/errors."""
-        response = await self.transport.request(method, url, params=params, json=json, headers=headers,
-                                                idempotent=idempotent)
-        return response.json() if response.content else None
+        return await self._delete(entity_set, id, {"If-Match": etag}, missing_ok)
 
     # -- $batch --------------------------------------------------------------------------------------------
     async def batch(self, ops: Sequence[BatchOp], *, concurrent: bool = True) -> list[BatchResult]:

@@ -33,9 +33,9 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 import httpx
 
 from .. import odata
-from ..errors import UpstreamError, UpstreamNotFound
+from ..errors import UpstreamError
 from .auth import TokenProvider, provider_from_settings
-from .transport import (BatchOp, BatchResult, Counters, ErrorInfo, ODataReads, RetryPolicy, Transport,
+from .transport import (BatchOp, BatchResult, Counters, ErrorInfo, ODataClient, RetryPolicy, Transport,
                         batch_is_idempotent, make_error, new_boundary, parse_retry_after)
 
 __all__ = ["DataverseClient", "EntitySet", "ENTITY_SETS", "BatchOp", "BatchResult", "parse_multipart",
@@ -135,7 +135,7 @@ def _annotations(value: bool | str) -> str | None:
     return None
 
 
-class DataverseClient(ODataReads):
+class DataverseClient(ODataClient):
     """Client of one Dataverse environment. Build it with ``from_settings`` (or pass a ``Transport``)."""
 
     service = "dataverse"
@@ -268,22 +268,7 @@ class DataverseClient(ODataReads):
 
     async def delete(self, entity_set: str, id: Any, *, etag: str | None = None, missing_ok: bool = False) -> bool:
         """DELETE (``If-Match`` only when ``etag`` is given). False when already gone and ``missing_ok``."""
-        headers = {"If-Match": etag} if etag else None
-        try:
-            await self.transport.request("DELETE", self.entity_url(entity_set, id), headers=headers)
-        except UpstreamNotFound:
-            if missing_ok:
-                return False
-            raise
-        return True
-
-    async def request_json(self, method: str, url: str, *, params: Mapping[str, Any] | None = None,
-                           json: Any = None, headers: Mapping[str, str] | None = None,
-                           idempotent: bool | None = None) -> Any:
-        """Escape hatch for other endpoints (``{api_url}/WhoAmI``…), same headers/retries/errors."""
-        response = await self.transport.request(method, url, params=params, json=json, headers=headers,
-                                                idempotent=idempotent)
-        return response.json() if response.content else None
+        return await self._delete(entity_set, id, {"If-Match": etag} if etag else None, missing_ok)
 
     # -- option-set metadata (choice columns) ------------------------------------------------------------
     def option_set_url(self, table: str, column: str) -> str:

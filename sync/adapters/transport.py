@@ -582,8 +582,8 @@ def new_boundary(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4()}"
 
 
-class ODataReads:
-    """The read methods both clients share; each client provides ``iter_pages``, ``get``, ``transport`` and
+class ODataClient:
+    """What both clients share; each client provides ``iter_pages``, ``get``, ``entity_url``, ``transport`` and
     ``key_of(entity_set)`` (the primary key property)."""
 
     transport: Transport
@@ -628,3 +628,21 @@ class ODataReads:
         Returns ``{id: record}`` (lower-case ids); ids that don't exist are simply absent."""
         return await fetch_many(self, entity_set, self.key_of(entity_set), ids, select,  # type: ignore[attr-defined]
                                 expand)
+
+    async def _delete(self, entity_set: str, id: Any, headers: Mapping[str, str] | None, missing_ok: bool) -> bool:
+        try:
+            await self.transport.request("DELETE", self.entity_url(entity_set, id), headers=headers)  # type: ignore[attr-defined]
+        except UpstreamNotFound:
+            if missing_ok:
+                return False
+            raise
+        return True
+
+    async def request_json(self, method: str, url: str, *, params: Mapping[str, Any] | None = None,
+                           json: Any = None, headers: Mapping[str, str] | None = None,
+                           idempotent: bool | None = None) -> Any:
+        """Escape hatch for the service's other endpoints (BC ``subscriptions``, Dataverse ``WhoAmI``...), with the
+        same headers, retries and typed errors."""
+        response = await self.transport.request(method, url, params=params, json=json, headers=headers,
+                                                idempotent=idempotent)
+        return response.json() if response.content else None
